@@ -1,0 +1,1 @@
+"""Real loopback servers for `secure-store demo` and for the test suite."""

@@ -1,0 +1,69 @@
+"""A demo-only keyring backend that keeps secrets in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from keyring.backend import KeyringBackend
+from keyring.errors import PasswordDeleteError
+
+FILE_MODE = 0o600
+
+
+class TemporaryFolderKeyring(KeyringBackend):
+    """Keeps passwords in a JSON file, in plaintext: for the demo only.
+
+    ``secure-store demo`` uses it on machines with no working OS keyring and
+    says so; the folder is deleted when the demo ends. SecureStore refuses
+    it unless ``allow_insecure_keyring=True`` is passed.
+    """
+
+    # keyring collects every subclass as a candidate backend: a priority
+    # that raises makes this one non-viable, so it is never picked on its
+    # own, only when passed in explicitly.
+    @classmethod
+    def _never_automatic(cls) -> float:
+        raise RuntimeError("demo backend; only used when passed explicitly")
+
+    priority = property(_never_automatic)  # type: ignore[assignment]
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self._path = folder / "demo-keyring.json"
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _write(self, data: dict[str, str]) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+
+    @staticmethod
+    def _key(service: str, username: str) -> str:
+        return f"{service}\x00{username}"
+
+    def get_password(self, service: str, username: str) -> str | None:
+        with self._lock:
+            return self._read().get(self._key(service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        with self._lock:
+            data = self._read()
+            data[self._key(service, username)] = password
+            self._write(data)
+
+    def delete_password(self, service: str, username: str) -> None:
+        with self._lock:
+            data = self._read()
+            if data.pop(self._key(service, username), None) is None:
+                raise PasswordDeleteError("no such password")
+            self._write(data)

@@ -1,0 +1,745 @@
+"""The gateway's WSGI app: open envelopes, check, de-duplicate, forward."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import os
+import stat
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from secure_store.errors import EnvelopeError, GatewayError, ReplayCacheError
+from secure_store.gateway.replay import (
+    ClaimStatus,
+    ReplayCache,
+    open_replay_cache,
+)
+from secure_store.transport.envelope import (
+    REPORT_ID_BYTES,
+    GatewayKey,
+    open_envelope,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from waitress.server import BaseWSGIServer, MultiSocketServer
+
+logger = logging.getLogger(__name__)
+
+# Real CIMP reports are a few KiB; a MiB leaves room for months of data
+# while keeping one request's memory small.
+MAX_BODY_BYTES = 1 << 20
+
+# The client's own deadline is of the same order; waiting longer for the
+# CIMP would only make the client give up first.
+UPSTREAM_TIMEOUT_S = 10.0
+
+# Sent with every 502/503 so clients spread their retries.
+RETRY_AFTER_S = 30
+
+# waitress worker threads per process: requests mostly wait on upstream.
+DEFAULT_THREADS = 8
+
+KEY_CONFIG_PATH = "/.well-known/secure-store-key-config"
+
+UPSTREAM_CONTENT_TYPE = "application/json; charset=UTF-8"
+
+# A lease outlives the upstream timeout by this much, so a slow but
+# successful forward is never overtaken by a second one.
+LEASE_MARGIN_S = 5.0
+
+# How often a request waiting on another request's lease asks again.
+IN_FLIGHT_POLL_S = 0.02
+
+# Upstream's answer body is read (to keep the connection reusable) up to
+# this much and never logged or passed on.
+MAX_UPSTREAM_ANSWER_BYTES = 64 * 1024
+
+_READ_CHUNK_BYTES = 64 * 1024
+_SCHEMA_RESOURCE = "cimp.schema.json"
+_JSON = "application/json"
+
+
+@dataclass
+class _Response:
+    status: int
+    outcome: str
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _RequestLog:
+    """What the per-request log line says; never payload or address."""
+
+    method: str = "-"
+    outcome: str = "-"
+    size: int = 0
+    key_id: int | None = None
+
+
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _json_response(
+    status: int,
+    outcome: str,
+    message: str,
+    *,
+    retry: bool,
+    retry_after_s: int | None = None,
+    **extra: Any,
+) -> _Response:
+    document = {"error": outcome, "message": message, "retry": retry}
+    document.update(extra)
+    headers = [("Content-Type", _JSON), ("Cache-Control", "no-store")]
+    if retry_after_s is not None:
+        headers.append(("Retry-After", str(retry_after_s)))
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return _Response(status, outcome, body, headers)
+
+
+def _do_not_retry(outcome: str, message: str, **extra: Any) -> _Response:
+    return _json_response(
+        400,
+        outcome,
+        f"{message}; do not retry this request unchanged",
+        retry=False,
+        **extra,
+    )
+
+
+@cache
+def load_cimp_schema() -> dict[str, Any]:
+    """Return the JSON schema of a CIMP report body shipped with the gateway.
+
+    >>> load_cimp_schema()["required"]
+    ['idsite', 'visits', 'events']
+    """
+    text = (
+        resources.files("secure_store.gateway")
+        .joinpath(_SCHEMA_RESOURCE)
+        .read_text(encoding="utf-8")
+    )
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers may pick different values for a repeated key; refusing
+    # them means upstream sees exactly what was checked.
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("repeated key in a JSON object")
+    return document
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _size_bucket(size: int) -> int:
+    """Round ``size`` up to a power of two of at least 1 KiB for the log."""
+    if size <= 0:
+        return 0
+    return max(1024, 1 << (size - 1).bit_length())
+
+
+class GatewayApp:
+    """The WSGI callable; build it with :func:`create_app`."""
+
+    def __init__(
+        self,
+        keys: Iterable[GatewayKey],
+        upstream_url: str,
+        *,
+        replay_cache: ReplayCache,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        upstream_timeout_s: float = UPSTREAM_TIMEOUT_S,
+        retry_after_s: int = RETRY_AFTER_S,
+        in_flight_wait_s: float | None = None,
+    ) -> None:
+        from jsonschema import Draft202012Validator
+
+        self.keys = _index_keys(keys)
+        self.upstream_url = _check_upstream_url(upstream_url)
+        if max_body_bytes < 1:
+            raise GatewayError("max_body_bytes must be at least 1")
+        if upstream_timeout_s <= 0:
+            raise GatewayError("upstream_timeout_s must be positive")
+        self.max_body_bytes = max_body_bytes
+        self.upstream_timeout_s = upstream_timeout_s
+        self.retry_after_s = retry_after_s
+        self.replay_cache = replay_cache
+        self.lease_s = 2 * upstream_timeout_s + LEASE_MARGIN_S
+        self.in_flight_wait_s = (
+            upstream_timeout_s + 1.0
+            if in_flight_wait_s is None
+            else in_flight_wait_s
+        )
+        self._validator = Draft202012Validator(load_cimp_schema())
+        self._key_config_body = self._build_key_config_body()
+        self._sessions = threading.local()
+
+    # -- WSGI ---------------------------------------------------------------
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Answer one request; never raises and never shows a traceback."""
+        started = time.perf_counter()
+        log = _RequestLog()
+        try:
+            response = self._route(environ, log)
+        except Exception as exc:
+            # Only the exception's type and where it happened: messages
+            # of library exceptions may quote the payload.
+            logger.error(
+                "internal error %s at\n%s",
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            response = _json_response(
+                500, "internal", "internal error", retry=True
+            )
+        log.outcome = response.outcome
+        headers = [
+            *response.headers,
+            ("Content-Length", str(len(response.body))),
+        ]
+        start_response(
+            f"{response.status} {_REASONS.get(response.status, 'Error')}",
+            headers,
+        )
+        _log_request(log, response.status, started)
+        return [response.body]
+
+    def _route(self, environ: WSGIEnvironment, log: _RequestLog) -> _Response:
+        method = str(environ.get("REQUEST_METHOD", ""))
+        log.method = method if method in ("GET", "HEAD", "POST") else "other"
+        if environ.get("PATH_INFO", "") == KEY_CONFIG_PATH:
+            if method in ("GET", "HEAD"):
+                return self._key_config_response()
+            return _method_not_allowed("GET, HEAD")
+        if method != "POST":
+            return _method_not_allowed("POST")
+        return self._handle_report(environ, log)
+
+    # -- key configs --------------------------------------------------------
+
+    def _build_key_config_body(self) -> bytes:
+        configs = [
+            {"key_id": key_id, "config": key.key_config().to_base64()}
+            for key_id, key in sorted(self.keys.items())
+        ]
+        return json.dumps({"key_configs": configs}, indent=1).encode()
+
+    def _key_config_response(self) -> _Response:
+        # For HEAD the server drops the body but keeps Content-Length.
+        headers = [("Content-Type", _JSON), ("Cache-Control", "no-cache")]
+        return _Response(200, "key-config", self._key_config_body, headers)
+
+    # -- reports ------------------------------------------------------------
+
+    def _handle_report(
+        self, environ: WSGIEnvironment, log: _RequestLog
+    ) -> _Response:
+        body = self._read_body(environ, log)
+        if isinstance(body, _Response):
+            return body
+
+        opened = self._open(body)
+        if isinstance(opened, _Response):
+            return opened
+        report_id, payload, log.key_id = opened
+
+        problem = self._check_payload(payload)
+        if problem is not None:
+            logger.info("refused payload: %s", problem.outcome)
+            return problem
+
+        return self._forward_once(report_id, payload)
+
+    def _read_body(
+        self, environ: WSGIEnvironment, log: _RequestLog
+    ) -> bytes | _Response:
+        declared = environ.get("CONTENT_LENGTH") or ""
+        length: int | None = None
+        if declared:
+            if not (declared.isascii() and declared.isdigit()):
+                return _do_not_retry(
+                    "bad-length", "Content-Length is not a number"
+                )
+            length = int(declared)
+            log.size = length
+            if length > self.max_body_bytes:
+                return self._too_large()
+
+        stream = environ["wsgi.input"]
+        limit = self.max_body_bytes if length is None else length
+        chunks: list[bytes] = []
+        received = 0
+        # Without a length (chunked), read one byte past the limit to
+        # tell "exactly at the limit" from "too large".
+        while received <= limit:
+            wanted = min(_READ_CHUNK_BYTES, limit + 1 - received)
+            if length is not None:
+                wanted = min(wanted, length - received)
+                if wanted == 0:
+                    break
+            chunk = stream.read(wanted)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+        log.size = received
+        if received > self.max_body_bytes:
+            return self._too_large()
+        if length is not None and received < length:
+            return _do_not_retry(
+                "truncated", "the body is shorter than its Content-Length"
+            )
+        if received == 0:
+            return _do_not_retry("empty", "the body holds no envelope")
+        return b"".join(chunks)
+
+    def _too_large(self) -> _Response:
+        return _json_response(
+            413,
+            "too-large",
+            f"the body exceeds {self.max_body_bytes} bytes; do not retry",
+            retry=False,
+            max_body_bytes=self.max_body_bytes,
+        )
+
+    def _open(self, body: bytes) -> tuple[bytes, bytes, int] | _Response:
+        try:
+            opened = open_envelope(body, self.keys)
+        except EnvelopeError as exc:
+            logger.info("refused envelope: %s", exc)
+            return _do_not_retry("undecryptable", str(exc))
+        except Exception as exc:
+            # The envelope code should only raise EnvelopeError; whatever
+            # it raised, the input did not open, and the client must not
+            # be told to retry it.
+            logger.error(
+                "opening an envelope raised %s; this is a bug",
+                type(exc).__name__,
+            )
+            return _do_not_retry(
+                "undecryptable", "the envelope could not be opened"
+            )
+        report_id = bytes(opened.report_id)
+        if len(report_id) != REPORT_ID_BYTES or not any(report_id):
+            return _do_not_retry(
+                "no-report-id", "the envelope carries no report id"
+            )
+        return report_id, bytes(opened.payload), int(opened.key_id)
+
+    def _check_payload(self, payload: bytes) -> _Response | None:
+        try:
+            document = json.loads(
+                payload.decode("utf-8"),
+                object_pairs_hook=_reject_duplicate_keys,
+                parse_constant=_reject_constant,
+            )
+        except (ValueError, RecursionError) as exc:
+            # The decoder's message names a position, never content.
+            reason = (
+                "nested too deeply"
+                if isinstance(exc, RecursionError)
+                else type(exc).__name__
+            )
+            return _do_not_retry(
+                "not-json", f"the payload is not UTF-8 JSON ({reason})"
+            )
+
+        error = _first_schema_error(self._validator, document)
+        if error is not None:
+            return _do_not_retry(
+                "not-cimp", f"the payload is not a CIMP report: {error}"
+            )
+        return None
+
+    def _forward_once(self, report_id: bytes, payload: bytes) -> _Response:
+        deadline = time.monotonic() + self.in_flight_wait_s
+        while True:
+            try:
+                claim = self.replay_cache.claim(report_id, self.lease_s)
+            except ReplayCacheError as exc:
+                logger.error("replay cache unavailable: %s", exc)
+                return self._retry_later(
+                    "replay-cache-unavailable",
+                    "the replay cache is unavailable",
+                )
+            if claim.status is ClaimStatus.FORWARDED:
+                return _Response(204, "repeat")
+            if claim.status is ClaimStatus.CLAIMED:
+                break
+            # Another request is forwarding this id right now; its
+            # outcome decides ours.
+            if time.monotonic() >= deadline:
+                return self._retry_later(
+                    "in-flight", "the same report is being forwarded"
+                )
+            time.sleep(IN_FLIGHT_POLL_S)
+
+        response = self._forward(payload)
+        try:
+            if response.status == 204:
+                self.replay_cache.mark_forwarded(claim)
+            else:
+                self.replay_cache.release(claim)
+        except ReplayCacheError as exc:
+            # Upstream has the report either way. Telling the client to
+            # retry after a success would double-count, so the answer
+            # stands; only replay protection for this id is lost.
+            logger.error("replay cache update failed: %s", exc)
+        return response
+
+    def _forward(self, payload: bytes) -> _Response:
+        try:
+            answer = self._session().post(
+                self.upstream_url,
+                data=payload,
+                headers={"Content-Type": UPSTREAM_CONTENT_TYPE},
+                timeout=self.upstream_timeout_s,
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout:
+            logger.warning("upstream timed out")
+            return self._retry_later(
+                "upstream-unavailable", "the CIMP server did not answer"
+            )
+        except requests.ConnectionError:
+            logger.warning("upstream unreachable")
+            return self._retry_later(
+                "upstream-unavailable", "the CIMP server is unreachable"
+            )
+        except requests.RequestException as exc:
+            logger.warning("upstream request failed: %s", type(exc).__name__)
+            return self._upstream_failed("the CIMP request failed")
+
+        status = answer.status_code
+        _drain(answer)
+        if 200 <= status < 300:
+            return _Response(204, "forwarded")
+        if status in (408, 429):
+            return self._retry_later(
+                "upstream-unavailable", f"the CIMP server answered {status}"
+            )
+        if 400 <= status < 500:
+            logger.warning("upstream refused the report with %d", status)
+            return _do_not_retry(
+                "upstream-rejected",
+                f"the CIMP server refused the report with {status}",
+                upstream_status=status,
+            )
+        logger.warning("upstream answered %d", status)
+        return self._upstream_failed(f"the CIMP server answered {status}")
+
+    def _retry_later(self, outcome: str, message: str) -> _Response:
+        return _json_response(
+            503,
+            outcome,
+            f"{message}; retry later",
+            retry=True,
+            retry_after_s=self.retry_after_s,
+        )
+
+    def _upstream_failed(self, message: str) -> _Response:
+        return _json_response(
+            502,
+            "upstream-failed",
+            f"{message}; retry later",
+            retry=True,
+            retry_after_s=self.retry_after_s,
+        )
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(
+            self._sessions, "session", None
+        )
+        if session is None:
+            session = requests.Session()
+            # The upstream is the operator's CIMP, named on the command
+            # line: no proxy from the environment, no .netrc, no cookies.
+            session.trust_env = False
+            session.proxies.clear()
+            session.cookies.set_policy(
+                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+            )
+            self._sessions.session = session
+        return session
+
+    def close(self) -> None:
+        """Close the replay cache; the app must not be called afterwards."""
+        self.replay_cache.close()
+
+
+def _drain(answer: requests.Response) -> None:
+    # Reading a short answer to its end returns the connection to the
+    # pool; a long one is cut off.
+    try:
+        received = 0
+        for chunk in answer.iter_content(_READ_CHUNK_BYTES):
+            received += len(chunk)
+            if received > MAX_UPSTREAM_ANSWER_BYTES:
+                break
+    except requests.RequestException:
+        pass
+    finally:
+        answer.close()
+
+
+def _first_schema_error(validator: Any, document: Any) -> str | None:
+    from jsonschema.exceptions import best_match
+
+    error = best_match(validator.iter_errors(document))
+    if error is None:
+        return None
+    # The path holds only schema-known keys and list indices (unknown
+    # keys fail at their parent), and the expectation comes from the
+    # schema, so the message quotes no payload value.
+    expected = json.dumps(error.validator_value)
+    if len(expected) > 80:
+        expected = expected[:77] + "..."
+    return f"{error.json_path} fails {error.validator} {expected}"
+
+
+def _method_not_allowed(allowed: str) -> _Response:
+    response = _json_response(
+        405,
+        "method-not-allowed",
+        f"use {allowed}",
+        retry=False,
+    )
+    response.headers.append(("Allow", allowed))
+    return response
+
+
+def _log_request(log: _RequestLog, status: int, started: float) -> None:
+    fields = {
+        "method": log.method,
+        "status": status,
+        "outcome": log.outcome,
+        "size_bucket": _size_bucket(log.size),
+        "key_id": log.key_id,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+    line = " ".join(
+        f"{name}={'-' if value is None else value}"
+        for name, value in fields.items()
+    )
+    logger.info("request %s", line, extra={"gateway": fields})
+
+
+def _index_keys(keys: Iterable[GatewayKey]) -> dict[int, GatewayKey]:
+    indexed: dict[int, GatewayKey] = {}
+    for key in keys:
+        if key.key_id in indexed:
+            raise GatewayError(f"two gateway keys have key id {key.key_id}")
+        indexed[key.key_id] = key
+    if not indexed:
+        raise GatewayError("the gateway needs at least one key")
+    return indexed
+
+
+def _check_upstream_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as exc:
+        raise GatewayError(f"upstream URL {url!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GatewayError(
+            f"upstream URL {url!r} must be http:// or https:// with a host"
+        )
+    if not port_ok or parts.username or parts.password:
+        raise GatewayError(f"upstream URL {url!r} is not usable")
+    return url
+
+
+def create_app(
+    keys: Iterable[GatewayKey],
+    upstream_url: str,
+    *,
+    replay_cache: ReplayCache | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    upstream_timeout_s: float = UPSTREAM_TIMEOUT_S,
+    retry_after_s: int = RETRY_AFTER_S,
+    in_flight_wait_s: float | None = None,
+) -> GatewayApp:
+    """Build the gateway's WSGI app.
+
+    ``keys`` are the private keys whose key configs clients may have
+    pinned; an envelope is opened with the one its key id names.
+    ``replay_cache`` defaults to the SQLite file at
+    :func:`~secure_store.gateway.replay.default_replay_cache_path`.
+    Raises :class:`GatewayError` for unusable settings.
+    """
+    keys = list(keys)
+    _index_keys(keys)
+    _check_upstream_url(upstream_url)
+    cache = open_replay_cache(None) if replay_cache is None else replay_cache
+    return GatewayApp(
+        keys,
+        upstream_url,
+        replay_cache=cache,
+        max_body_bytes=max_body_bytes,
+        upstream_timeout_s=upstream_timeout_s,
+        retry_after_s=retry_after_s,
+        in_flight_wait_s=in_flight_wait_s,
+    )
+
+
+# -- keys -------------------------------------------------------------------
+
+KEY_FILE_SUFFIX = ".json"
+
+
+def load_keys(
+    key_files: Iterable[str | os.PathLike[str]] = (),
+    key_dir: str | os.PathLike[str] | None = None,
+) -> list[GatewayKey]:
+    """Load gateway private keys from files and from every ``*.json`` in
+    a folder.
+
+    Raises :class:`GatewayError` naming the file that cannot be loaded,
+    when two files hold the same key id, or when no key is found.
+    """
+    paths = [Path(p) for p in key_files]
+    if key_dir is not None:
+        folder = Path(key_dir)
+        if not folder.is_dir():
+            raise GatewayError(f"key folder {folder} does not exist")
+        paths.extend(
+            sorted(
+                p
+                for p in folder.iterdir()
+                if p.suffix == KEY_FILE_SUFFIX
+                and not p.name.startswith(".")
+                and p.is_file()
+            )
+        )
+    keys: list[GatewayKey] = []
+    seen: dict[int, Path] = {}
+    for path in paths:
+        key = _load_key(path)
+        if key.key_id in seen:
+            raise GatewayError(
+                f"{path} and {seen[key.key_id]} both hold key id "
+                f"{key.key_id}"
+            )
+        seen[key.key_id] = path
+        keys.append(key)
+    if not keys:
+        raise GatewayError("no gateway key given (use a key file or folder)")
+    return keys
+
+
+def _load_key(path: Path) -> GatewayKey:
+    try:
+        mode = path.stat().st_mode
+        key = GatewayKey.load(path)
+    except (OSError, ValueError, GatewayError) as exc:
+        raise GatewayError(f"cannot load gateway key {path}: {exc}") from exc
+    except EnvelopeError as exc:
+        raise GatewayError(f"cannot load gateway key {path}: {exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning(
+            "gateway key %s is readable by other users; chmod 600 it", path
+        )
+    return key
+
+
+# -- serving ----------------------------------------------------------------
+
+
+def make_server(
+    app: Callable[..., Iterable[bytes]],
+    host: str,
+    port: int,
+    *,
+    threads: int = DEFAULT_THREADS,
+    max_body_bytes: int | None = None,
+) -> BaseWSGIServer | MultiSocketServer:
+    """Create (but do not run) a waitress server for ``app``.
+
+    ``port`` 0 picks a free port; read it from ``server.effective_port``.
+    waitress refuses bodies over ``max_body_bytes`` (default: the app's
+    limit) before passing them on.
+    """
+    import waitress
+
+    if max_body_bytes is None:
+        max_body_bytes = getattr(app, "max_body_bytes", MAX_BODY_BYTES)
+    return waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        max_request_body_size=max_body_bytes,
+        ident="secure-store-gateway",
+        expose_tracebacks=False,
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def serve(
+    app: Callable[..., Iterable[bytes]],
+    host: str,
+    port: int,
+    *,
+    threads: int = DEFAULT_THREADS,
+    max_body_bytes: int | None = None,
+    ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve ``app`` with waitress until interrupted.
+
+    ``ready(host, port)`` is called once the socket listens (useful with
+    port 0).
+    """
+    server = make_server(
+        app, host, port, threads=threads, max_body_bytes=max_body_bytes
+    )
+    effective_host = str(getattr(server, "effective_host", host))
+    effective_port = int(getattr(server, "effective_port", port))
+    logger.info(
+        "gateway listening on http://%s:%d", effective_host, effective_port
+    )
+    if ready is not None:
+        ready(effective_host, effective_port)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+

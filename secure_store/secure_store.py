@@ -1,0 +1,483 @@
+"""SecureStore: a Clean Insights Store sealed at rest and sent through Tor."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import keyring.backend
+import platformdirs
+
+from .cleaninsights.store import Store
+from .errors import (
+    ConfigurationError,
+    KeyConfigError,
+    KeyMissingError,
+    SecureStoreError,
+    StorageError,
+    StoreFileError,
+)
+from .storage.keys import Keyset, KeyringKeysets
+from .storage.sealed_file import SealedFile
+from .transport import envelope
+from .transport.proxy import (
+    DEFAULT_PROXY_URL,
+    check_server_url,
+    parse_proxy_url,
+)
+from .transport.sender import Sender
+
+__all__ = ["DEFAULT_STORE_NAME", "SecureStore"]
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[Exception | None], None]
+
+DEFAULT_STORE_NAME = "default"
+STORE_SUFFIX = ".sstore"
+# The name is a keyring user name and part of a file name: keep it plain.
+STORE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Our own keys in the store JSON, beside the Clean Insights ones.
+SECURE_STORE_KEY = "secureStore"
+PENDING_REPORT_KEY = "pendingReport"
+
+
+def default_store_path(name: str) -> Path:
+    """Return where a store called ``name`` lives when no path is given."""
+    folder = platformdirs.user_data_path("secure-store", appauthor=False)
+    return folder / f"{name}{STORE_SUFFIX}"
+
+
+def store_name_for(path: Path) -> str:
+    """Return the store name a store file at ``path`` is sealed under."""
+    name = path.name
+    if name.endswith(STORE_SUFFIX):
+        name = name[: -len(STORE_SUFFIX)]
+    return name
+
+
+def call_done(done: Done, error: Exception | None) -> None:
+    """Call a ``done`` callback; what it raises is logged, never passed on."""
+    try:
+        done(error)
+    except Exception:
+        log.exception("a done callback raised; ignored")
+
+
+class _PendingReport:
+    """A report that was sent but not yet acknowledged by the gateway."""
+
+    def __init__(self, report_id: bytes, payload: str) -> None:
+        self.report_id = report_id
+        self.payload = payload
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.report_id.hex(), "payload": self.payload}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> _PendingReport | None:
+        if not isinstance(data, dict):
+            return None
+        report_id, payload = data.get("id"), data.get("payload")
+        if not isinstance(report_id, str) or not isinstance(payload, str):
+            return None
+        try:
+            raw_id = bytes.fromhex(report_id)
+        except ValueError:
+            return None
+        if len(raw_id) != envelope.REPORT_ID_BYTES:
+            return None
+        return cls(raw_id, payload)
+
+
+class _PersistWorker:
+    """One background writer; a newer snapshot replaces a queued one.
+
+    Snapshots carry a sequence number taken when they were made, so an
+    older snapshot never overwrites a newer one on disk. Every ``done``
+    handed in is called exactly once, after the write that carried its
+    snapshot or a newer one.
+    """
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._cond = threading.Condition()
+        self._queued: tuple[int, bytes] | None = None
+        self._waiting: list[Done] = []
+        self._written_seq = -1
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, seq: int, snapshot: bytes, done: Done) -> None:
+        """Queue ``snapshot`` for the background writer."""
+        with self._cond:
+            self._queue(seq, snapshot)
+            self._waiting.append(done)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="secure-store-persist", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def write_now(self, seq: int, snapshot: bytes, done: Done) -> None:
+        """Write ``snapshot`` (or a newer queued one) on this thread."""
+        with self._cond:
+            self._queue(seq, snapshot)
+            self._waiting.append(done)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write whatever is queued now, on the caller's thread."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            if self._queued is None:
+                return
+            self._busy = True
+            (seq, snapshot), self._queued = self._queued, None
+            waiting, self._waiting = self._waiting, []
+        self._write_and_report(seq, snapshot, waiting)
+
+    def _queue(self, seq: int, snapshot: bytes) -> None:
+        if self._queued is None or self._queued[0] < seq:
+            self._queued = (seq, snapshot)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._busy:
+                    self._cond.wait()
+                if self._queued is None:
+                    self._thread = None
+                    return
+                self._busy = True
+                (seq, snapshot), self._queued = self._queued, None
+                waiting, self._waiting = self._waiting, []
+            self._write_and_report(seq, snapshot, waiting)
+
+    def _write_and_report(
+        self, seq: int, snapshot: bytes, waiting: list[Done]
+    ) -> None:
+        error: Exception | None = None
+        try:
+            if seq > self._written_seq:
+                self._write(snapshot)
+                self._written_seq = seq
+        except Exception as exc:
+            error = exc
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        for done in waiting:
+            call_done(done, error)
+
+
+class SecureStore(Store):
+    """A Clean Insights store sealed at rest, sent sealed through a proxy.
+
+    At rest the store JSON is sealed with a key from the OS keyring; in
+    transit each report is sealed to the gateway's pinned key config with
+    HPKE and POSTed through a SOCKS5 proxy (Tor by default) that resolves
+    the server's name itself. It never connects directly.
+
+    Args:
+        debug: called with debug messages, as for any ``Store``.
+        name: the store's name: its keyring entry and its file name.
+        path: the sealed store file; default under the user's data folder.
+        proxy_url: ``socks5h://`` URL of the proxy.
+        gateway_key_config: the gateway's key config, as base64 text or a
+            path to a file holding it. Without one, ``send`` fails.
+        keyring_backend: a ``keyring`` backend instance; default: the one
+            ``keyring`` picks for this machine.
+        allow_insecure_keyring: accept a backend that keeps secrets in
+            plaintext (tests, demos).
+        allow_socks5: accept ``socks5://`` (local name resolution: a DNS
+            leak) as well as ``socks5h://``.
+        allow_insecure_http: accept a plain ``http://`` server that is not
+            an onion service.
+    """
+
+    def __init__(
+        self,
+        debug: Callable[[str], None] | None = None,
+        *,
+        name: str = DEFAULT_STORE_NAME,
+        path: str | os.PathLike[str] | None = None,
+        proxy_url: str = DEFAULT_PROXY_URL,
+        gateway_key_config: str | os.PathLike[str] | None = None,
+        keyring_backend: keyring.backend.KeyringBackend | None = None,
+        allow_insecure_keyring: bool = False,
+        allow_socks5: bool = False,
+        allow_insecure_http: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not STORE_NAME_PATTERN.fullmatch(name):
+            raise ConfigurationError(
+                f"name must be 1-64 letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit; got {name!r}"
+            )
+        self.name = name
+        self.path = Path(path) if path is not None else default_store_path(name)
+        self.proxy = parse_proxy_url(proxy_url, allow_socks5=allow_socks5)
+        self.key_config = (
+            envelope.KeyConfig.load(gateway_key_config)
+            if gateway_key_config is not None
+            else None
+        )
+        self._allow_insecure_http = allow_insecure_http
+        self._keysets = KeyringKeysets(
+            backend=keyring_backend,
+            allow_insecure_keyring=allow_insecure_keyring,
+        )
+        self._file = SealedFile(self.path, name)
+        self._keyset: Keyset | None = None
+        self._pending: _PendingReport | None = None
+        self._state_lock = threading.RLock()
+        self._snapshot_seq = 0
+        self._sender = Sender(self.proxy)
+        self._send_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="secure-store-send"
+        )
+        self._persister = _PersistWorker(self._write_sealed)
+        self._closed = False
+        #: Why the last load found no usable store, if it did not.
+        self.load_error: SecureStoreError | None = None
+        #: Where an unreadable store file was moved, if one was.
+        self.quarantined: list[Path] = []
+        super().__init__(debug, **kwargs)
+        _open_stores.add(self)
+
+    # -- the Store contract --------------------------------------------------
+
+    def load(self, **kwargs: Any) -> dict[str, Any] | None:
+        """Open the sealed store with its keyset from the keyring.
+
+        A missing file starts an empty store with a keyset (created if the
+        keyring has none). A file that cannot be opened is quarantined and
+        an empty store starts; a keyring that is locked or missing leaves
+        the file untouched, and nothing is persisted until it is back.
+        """
+        try:
+            return self._load()
+        except SecureStoreError as exc:
+            self.load_error = exc
+            log.warning("store %r not loaded: %s", self.name, exc)
+            self.debug(f"store not loaded: {exc}")
+            return None
+
+    def persist(self, asynchronous: bool, done: Done) -> None:
+        """Seal the store and write it atomically, now or on a worker."""
+        if self._keyset is None:
+            error = self.load_error or StorageError("store is closed")
+            call_done(
+                done,
+                StorageError(f"store {self.name!r} not persisted: {error}"),
+            )
+            return
+        seq, snapshot = self._snapshot()
+        if asynchronous and not self._closed:
+            self._persister.submit(seq, snapshot, done)
+        else:
+            self._persister.write_now(seq, snapshot, done)
+
+    def send(self, data: str, server: str, timeout: float, done: Done) -> None:
+        """Seal ``data`` to the gateway and POST it through the proxy.
+
+        Returns at once; ``done`` is called exactly once from the sending
+        thread: ``None`` on a 2xx answer, a ``SendError`` (or a
+        ``KeyConfigError``/``ProxyConfigError``) otherwise.
+        """
+        try:
+            key_config = self._require_key_config()
+            url = check_server_url(
+                server, allow_insecure_http=self._allow_insecure_http
+            )
+            report = self._pending_report_for(data)
+        except SecureStoreError as exc:
+            call_done(done, exc)
+            return
+        if self._closed:
+            call_done(done, StorageError("store is closed"))
+            return
+        # Snapshot now, while the caller holds its lock, so the pending
+        # report is written with a consistent store before it is sent.
+        snapshot = self._snapshot() if self._keyset is not None else None
+        self._send_pool.submit(
+            self._deliver, key_config, url, report, snapshot, float(timeout), done
+        )
+
+    # -- persistence of our own state -----------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the store JSON, with the pending report if there is one."""
+        data = super().to_dict()
+        with self._state_lock:
+            if self._pending is not None:
+                data[SECURE_STORE_KEY] = {
+                    PENDING_REPORT_KEY: self._pending.to_dict()
+                }
+        return data
+
+    def close(self) -> None:
+        """Write what is queued and stop the workers; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._persister.flush()
+        self._send_pool.shutdown(wait=True)
+        self._sender.close()
+        _open_stores.discard(self)
+
+    def __enter__(self) -> SecureStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any] | None:
+        self._file.remove_leftovers()
+        keyset = self._keysets.load(self.name)
+        if not self._file.exists():
+            self._keyset = keyset or self._keysets.create(self.name)
+            self.debug("no store file yet; starting empty")
+            return None
+        if keyset is None:
+            # The file exists but its key is gone: that store is lost to us.
+            # Keep it aside for a user who may still find the key.
+            self._quarantine(KeyMissingError("the keyring has no keyset"))
+            self._keyset = self._keysets.create(self.name)
+            return None
+        try:
+            plaintext = self._file.read(keyset)
+        except (StoreFileError, KeyMissingError) as exc:
+            self._quarantine(exc)
+            self._keyset = keyset
+            return None
+        self._keyset = keyset
+        return self._parse(plaintext)
+
+    def _parse(self, plaintext: bytes) -> dict[str, Any] | None:
+        try:
+            data = json.loads(plaintext.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._quarantine(StoreFileError(f"store JSON is invalid: {exc}"))
+            return None
+        if not isinstance(data, dict):
+            self._quarantine(StoreFileError("store JSON is not an object"))
+            return None
+        ours = data.get(SECURE_STORE_KEY)
+        if isinstance(ours, dict):
+            self._pending = _PendingReport.from_dict(
+                ours.get(PENDING_REPORT_KEY)
+            )
+        return data
+
+    def _quarantine(self, reason: SecureStoreError) -> None:
+        moved = self._file.quarantine(str(reason))
+        self.quarantined.append(moved)
+        self.load_error = reason
+        log.warning(
+            "store %r could not be opened (%s); moved aside to %s and "
+            "starting empty",
+            self.name,
+            reason,
+            moved,
+        )
+        self.debug(f"store could not be opened ({reason}); kept as {moved}")
+
+    def _snapshot(self) -> tuple[int, bytes]:
+        with self._state_lock:
+            self._snapshot_seq += 1
+            return self._snapshot_seq, self.to_json().encode("utf-8")
+
+    def _write_sealed(self, snapshot: bytes) -> None:
+        keyset = self._keyset
+        if keyset is None:
+            raise StorageError(f"store {self.name!r} has no key to seal with")
+        self._file.write(snapshot, keyset)
+
+    def _require_key_config(self) -> envelope.KeyConfig:
+        if self.key_config is None:
+            raise KeyConfigError(
+                "no gateway key config: pass gateway_key_config= (the "
+                "base64 text or file that `secure-store gateway keygen` "
+                "printed)"
+            )
+        return self.key_config
+
+    def _pending_report_for(self, data: str) -> _PendingReport:
+        """Return the report to send ``data`` as, reusing a pending id."""
+        with self._state_lock:
+            pending = self._pending
+            if pending is None or pending.payload != data:
+                report_id = secrets.token_bytes(envelope.REPORT_ID_BYTES)
+                pending = _PendingReport(report_id, data)
+                self._pending = pending
+            return pending
+
+    def _deliver(
+        self,
+        key_config: envelope.KeyConfig,
+        url: str,
+        report: _PendingReport,
+        snapshot: tuple[int, bytes] | None,
+        timeout_s: float,
+        done: Done,
+    ) -> None:
+        error: Exception | None = None
+        try:
+            if snapshot is not None:
+                # The pending id must be on disk before the gateway may see
+                # it, so that a retry after a crash reuses it.
+                self._persister.write_now(*snapshot, self._log_failure)
+            body = envelope.seal(
+                key_config, report.report_id, report.payload.encode("utf-8")
+            )
+            self._sender.post(url, body, timeout_s)
+            log.debug("report of %d bytes delivered", len(body))
+        except Exception as exc:
+            error = exc
+        else:
+            with self._state_lock:
+                if self._pending is report:
+                    self._pending = None
+        call_done(done, error)
+
+    @staticmethod
+    def _log_failure(error: Exception | None) -> None:
+        if error is not None:
+            log.warning("pending report not persisted: %s", error)
+
+
+# Stores still open at interpreter exit get their queued writes flushed.
+_open_stores: weakref.WeakSet[SecureStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    for store in list(_open_stores):
+        try:
+            store.close()
+        except Exception:
+            log.exception("closing store %r at exit failed", store.name)
+

@@ -1,0 +1,420 @@
+"""The sealed store file: format, atomic durable writes, lock, quarantine.
+
+A sealed file is ``header | ciphertext+tag``. The header is
+``magic (8) | version (1) | aead id (1) | key id (4, big-endian) |
+nonce (12)``; the whole header and the UTF-8 store name are the AEAD's
+associated data, so a file cannot be moved to another store or have its
+header edited without failing to open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import stat
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import (
+    AESGCM,
+    ChaCha20Poly1305,
+)
+
+from secure_store.cleaninsights import clock
+from secure_store.errors import (
+    KeyMissingError,
+    StoreFileError,
+    StoreLockedError,
+)
+from secure_store.storage.keys import Keyset
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"SECSTORE"
+FORMAT_VERSION = 1
+AEAD_AES_256_GCM = 1
+AEAD_CHACHA20_POLY1305 = 2
+AEAD_NAMES = {
+    AEAD_AES_256_GCM: "AES-256-GCM",
+    AEAD_CHACHA20_POLY1305: "ChaCha20-Poly1305",
+}
+# AES-256-GCM sealed and opened a 12 MiB store 3.6 times faster than
+# ChaCha20-Poly1305 here (x86-64 with AES-NI); both are read.
+DEFAULT_AEAD_ID = AEAD_AES_256_GCM
+NONCE_BYTES = 12
+TAG_BYTES = 16
+_HEADER = struct.Struct(f">{len(MAGIC)}sBBI{NONCE_BYTES}s")
+HEADER_BYTES = _HEADER.size
+# Far above any real store (100k data points seal to about 12 MB); stops a
+# stray huge file from being read into memory whole.
+MAX_STORE_BYTES = 1 << 30
+LOCK_TIMEOUT_S = 10.0
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+TEMP_SUFFIX = ".tmp"
+QUARANTINE_MARK = ".quarantined-"
+LOCK_SUFFIX = ".lock"
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What a sealed file says about itself, readable without a key."""
+
+    version: int
+    aead_id: int
+    key_id: int
+    size: int
+
+    @property
+    def aead_name(self) -> str:
+        """The AEAD's name, such as ``AES-256-GCM``."""
+        return AEAD_NAMES.get(self.aead_id, f"unknown ({self.aead_id})")
+
+
+def _aead(aead_id: int, key: bytes) -> AESGCM | ChaCha20Poly1305:
+    if aead_id == AEAD_AES_256_GCM:
+        return AESGCM(key)
+    if aead_id == AEAD_CHACHA20_POLY1305:
+        return ChaCha20Poly1305(key)
+    raise StoreFileError(f"unknown AEAD id {aead_id}")
+
+
+def _associated_data(header: bytes, store_name: str) -> bytes:
+    # The header has a fixed length, so header + name is unambiguous.
+    return header + store_name.encode("utf-8")
+
+
+def parse_header(data: bytes, size: int) -> FileHeader:
+    """Read the header at the start of ``data`` (file of ``size`` bytes)."""
+    if size < HEADER_BYTES + TAG_BYTES or len(data) < HEADER_BYTES:
+        raise StoreFileError(
+            f"file is too short ({size} bytes) to be a sealed store: "
+            "truncated, or not a secure-store file"
+        )
+    magic, version, aead_id, key_id, _nonce = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise StoreFileError("not a secure-store sealed file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise StoreFileError(
+            f"unknown sealed file version {version} (this secure-store "
+            f"reads version {FORMAT_VERSION})"
+        )
+    if aead_id not in AEAD_NAMES:
+        raise StoreFileError(f"unknown AEAD id {aead_id} in the header")
+    return FileHeader(version, aead_id, key_id, size)
+
+
+def seal(
+    plaintext: bytes,
+    keyset: Keyset,
+    store_name: str,
+    *,
+    aead_id: int = DEFAULT_AEAD_ID,
+) -> bytes:
+    """Return the sealed file bytes for ``plaintext`` under the primary."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    header = _HEADER.pack(
+        MAGIC, FORMAT_VERSION, aead_id, keyset.primary_id, nonce
+    )
+    aead = _aead(aead_id, keyset.primary_key)
+    sealed = aead.encrypt(
+        nonce, plaintext, _associated_data(header, store_name)
+    )
+    return header + sealed
+
+
+def open_sealed(data: bytes, keyset: Keyset, store_name: str) -> bytes:
+    """Return the plaintext of sealed file bytes ``data``.
+
+    Raises StoreFileError for a damaged, foreign or unknown file and
+    KeyMissingError when the keyset lacks the header's key id.
+    """
+    header = parse_header(data, len(data))
+    key = keyset.keys.get(header.key_id)
+    if key is None:
+        held = ", ".join(f"{key_id:08x}" for key_id in keyset.key_ids)
+        raise KeyMissingError(
+            f"the file is sealed under key {header.key_id:08x}, which the "
+            f"store's keyset does not hold (it holds {held})"
+        )
+    nonce = data[HEADER_BYTES - NONCE_BYTES : HEADER_BYTES]
+    aead = _aead(header.aead_id, key)
+    try:
+        return aead.decrypt(
+            nonce,
+            data[HEADER_BYTES:],
+            _associated_data(data[:HEADER_BYTES], store_name),
+        )
+    except InvalidTag:
+        raise StoreFileError(
+            "the file fails authentication: it is damaged, was edited, "
+            "or was sealed for another store name"
+        ) from None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SealedFile:
+    """One store's sealed file and its write lock.
+
+    Writes go to a temp file in the same folder (mode 0600 from creation),
+    are fsynced, renamed over the file and the folder fsynced, all under a
+    lock file (``<name>.lock``) so one writer at a time; readers never see
+    a half-written file. A second writer waits up to ``lock_timeout_s``
+    and then gets :class:`StoreLockedError`.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        store_name: str,
+        *,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+        aead_id: int = DEFAULT_AEAD_ID,
+    ) -> None:
+        if aead_id not in AEAD_NAMES:
+            raise ValueError(f"unknown AEAD id {aead_id}")
+        self.path = Path(path)
+        self.store_name = store_name
+        self.lock_timeout_s = lock_timeout_s
+        self.aead_id = aead_id
+        self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        self._lock = filelock.FileLock(
+            self.lock_path,
+            timeout=lock_timeout_s,
+            mode=FILE_MODE,
+            # Keeping the lock file avoids a race where a waiter locks a
+            # path that the releasing holder has just unlinked.
+            preserve_lock_file=True,
+        )
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the file, its lock and its temp files."""
+        return self.path.parent
+
+    def exists(self) -> bool:
+        """Whether the sealed file exists."""
+        return self.path.exists()
+
+    # -- locking ---------------------------------------------------------------
+
+    def ensure_folder(self) -> None:
+        """Create the folder 0700; warn if an existing one is open to others.
+
+        An existing folder is not chmod-ed: it may be the user's own
+        folder, chosen on purpose.
+        """
+        try:
+            os.mkdir(self.folder, FOLDER_MODE)
+        except FileExistsError:
+            mode = stat.S_IMODE(self.folder.stat().st_mode)
+            if mode & 0o077:
+                logger.warning(
+                    "store folder %s is accessible to other users "
+                    "(mode %o); the sealed file stays 0600",
+                    self.folder,
+                    mode,
+                )
+            return
+        except FileNotFoundError:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.folder, FOLDER_MODE)
+        # mkdir's mode is filtered by the umask; make it exactly 0700.
+        os.chmod(self.folder, FOLDER_MODE)
+
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold the store's write lock (re-entrant within this object).
+
+        Use it to make a read-modify-write atomic, for example reloading the
+        keyset and writing under one lock; :meth:`write` inside it does not
+        wait again.
+        """
+        wait_s = self.lock_timeout_s if timeout_s is None else timeout_s
+        self.ensure_folder()
+        try:
+            self._lock.acquire(timeout=wait_s)
+        except filelock.Timeout:
+            raise StoreLockedError(
+                f"store {self.path} is being written by another process; "
+                f"gave up waiting for its lock after {wait_s:g} s"
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # -- reading ---------------------------------------------------------------
+
+    def header(self) -> FileHeader:
+        """Return the file's header; needs no key.
+
+        Raises StoreFileError when the header is damaged or unknown and
+        FileNotFoundError when there is no file.
+        """
+        with open(self.path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            return parse_header(file.read(HEADER_BYTES), size)
+
+    def read(self, keyset: Keyset) -> bytes:
+        """Return the plaintext; removes temp files left by a crash first.
+
+        Raises StoreFileError (damaged, foreign, unknown version),
+        KeyMissingError (the header's key id is not in ``keyset``) and
+        FileNotFoundError (no file).
+        """
+        self._remove_leftovers_if_idle()
+        with open(self.path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_STORE_BYTES:
+                raise StoreFileError(
+                    f"{self.path} is {size} bytes, more than the "
+                    f"{MAX_STORE_BYTES} a sealed store may have"
+                )
+            data = file.read()
+        try:
+            plaintext = open_sealed(data, keyset, self.store_name)
+        except (StoreFileError, KeyMissingError) as exc:
+            raise type(exc)(f"cannot open {self.path}: {exc}") from None
+        logger.debug(
+            "opened %s: %d bytes sealed, %d plain",
+            self.path,
+            len(data),
+            len(plaintext),
+        )
+        return plaintext
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, plaintext: bytes, keyset: Keyset) -> None:
+        """Seal ``plaintext`` under the primary key; atomic and durable."""
+        sealed = seal(plaintext, keyset, self.store_name, aead_id=self.aead_id)
+        with self.locked():
+            self._remove_leftovers()
+            temp = self.folder / (
+                f".{self.path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+            )
+            flags = (
+                os.O_WRONLY
+                | os.O_CREAT
+                | os.O_EXCL
+                | os.O_CLOEXEC
+                | os.O_NOFOLLOW
+            )
+            fd = os.open(temp, flags, FILE_MODE)
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(sealed)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            _fsync_folder(self.folder)
+        logger.debug(
+            "sealed %d bytes into %s under key %08x",
+            len(plaintext),
+            self.path,
+            keyset.primary_id,
+        )
+
+    # -- leftovers and quarantine ------------------------------------------------
+
+    def _leftovers(self) -> list[Path]:
+        prefix = f".{self.path.name}."
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        return [
+            self.folder / name
+            for name in names
+            if name.startswith(prefix) and name.endswith(TEMP_SUFFIX)
+        ]
+
+    def _remove_leftovers(self) -> int:
+        """Delete temp files of interrupted writes; the lock must be held."""
+        removed = 0
+        for leftover in self._leftovers():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        if removed:
+            logger.info(
+                "removed %d temp file(s) left by an interrupted write of %s",
+                removed,
+                self.path,
+            )
+        return removed
+
+    def _remove_leftovers_if_idle(self) -> None:
+        # A temp file may belong to a writer that is alive right now; only
+        # whoever holds the lock may call it a leftover.
+        if not self._leftovers():
+            return
+        try:
+            with self.locked(timeout_s=0):
+                self._remove_leftovers()
+        except StoreLockedError:
+            logger.debug("store is being written; leftovers stay for now")
+        except OSError as exc:
+            logger.warning("could not remove leftover temp files: %s", exc)
+
+    def remove_leftovers(self) -> int:
+        """Delete temp files left by a crash; returns how many."""
+        with self.locked():
+            return self._remove_leftovers()
+
+    def quarantine(self, reason: str) -> Path:
+        """Rename the file aside with a UTC timestamp and return its path.
+
+        Nothing is overwritten: if the name is taken, a counter is added.
+        The warning names the new path and ``reason``.
+        """
+        stamp = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
+        base = f"{self.path.name}{QUARANTINE_MARK}{stamp}"
+        with self.locked():
+            target = self._move_aside(base)
+            _fsync_folder(self.folder)
+        logger.warning(
+            "quarantined store file %s as %s: %s", self.path, target, reason
+        )
+        return target
+
+    def _move_aside(self, base: str) -> Path:
+        for attempt in range(1, 1000):
+            name = base if attempt == 1 else f"{base}-{attempt}"
+            target = self.folder / name
+            try:
+                # link() fails on an existing target, where rename() would
+                # silently replace it.
+                os.link(self.path, target)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                if target.exists():
+                    continue
+                os.rename(self.path, target)  # no hard links here
+                return target
+            os.unlink(self.path)
+            return target
+        raise StoreFileError(f"no free quarantine name for {self.path}")
