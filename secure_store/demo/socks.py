@@ -93,6 +93,11 @@ class Pproxy:
             )
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The proxy process's id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def log_lines(self) -> list[str]:
         """The proxy's log so far, one entry per line."""
         try:

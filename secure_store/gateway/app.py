@@ -6,7 +6,6 @@ import http.cookiejar
 import json
 import logging
 import os
-import stat
 import threading
 import time
 import traceback
@@ -19,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from secure_store.errors import EnvelopeError, GatewayError, ReplayCacheError
+from secure_store.errors import (
+    EnvelopeError,
+    GatewayError,
+    ReplayCacheError,
+    SecureStoreError,
+)
 from secure_store.gateway.replay import (
     ClaimStatus,
     ReplayCache,
@@ -29,6 +33,7 @@ from secure_store.transport.envelope import (
     REPORT_ID_BYTES,
     GatewayKey,
     open_envelope,
+    parse_header,
 )
 
 if TYPE_CHECKING:
@@ -270,10 +275,10 @@ class GatewayApp:
         if isinstance(body, _Response):
             return body
 
-        opened = self._open(body)
+        opened = self._open(body, log)
         if isinstance(opened, _Response):
             return opened
-        report_id, payload, log.key_id = opened
+        report_id, payload = opened
 
         problem = self._check_payload(payload)
         if problem is not None:
@@ -334,8 +339,20 @@ class GatewayApp:
             max_body_bytes=self.max_body_bytes,
         )
 
-    def _open(self, body: bytes) -> tuple[bytes, bytes, int] | _Response:
+    def _open(
+        self, body: bytes, log: _RequestLog
+    ) -> tuple[bytes, bytes] | _Response:
         try:
+            key_id = log.key_id = parse_header(body).key_id
+            if key_id not in self.keys:
+                # Worded for operators who just retired a key: the
+                # client pinned a key config this gateway no longer has.
+                return _do_not_retry(
+                    "undecryptable",
+                    f"unknown key id {key_id}: the envelope is sealed to a "
+                    "key this gateway does not hold; fetch the current key "
+                    "config",
+                )
             opened = open_envelope(body, self.keys)
         except EnvelopeError as exc:
             logger.info("refused envelope: %s", exc)
@@ -356,7 +373,7 @@ class GatewayApp:
             return _do_not_retry(
                 "no-report-id", "the envelope carries no report id"
             )
-        return report_id, bytes(opened.payload), int(opened.key_id)
+        return report_id, bytes(opened.payload)
 
     def _check_payload(self, payload: bytes) -> _Response | None:
         try:
@@ -664,18 +681,11 @@ def load_keys(
 
 
 def _load_key(path: Path) -> GatewayKey:
+    # GatewayKey.load warns about key files other users may read.
     try:
-        mode = path.stat().st_mode
-        key = GatewayKey.load(path)
-    except (OSError, ValueError, GatewayError) as exc:
+        return GatewayKey.load(path)
+    except (OSError, ValueError, SecureStoreError) as exc:
         raise GatewayError(f"cannot load gateway key {path}: {exc}") from exc
-    except EnvelopeError as exc:
-        raise GatewayError(f"cannot load gateway key {path}: {exc}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning(
-            "gateway key %s is readable by other users; chmod 600 it", path
-        )
-    return key
 
 
 # -- serving ----------------------------------------------------------------

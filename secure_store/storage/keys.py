@@ -246,7 +246,7 @@ class KeyringKeysets:
         # backend; new calls fail fast instead of piling up threads.
         self._stuck: threading.Thread | None = None
 
-    # -- the backend ---------------------------------------------------------
+    # -- the backend
 
     @property
     def backend(self) -> keyring.backend.KeyringBackend:
@@ -311,7 +311,7 @@ class KeyringKeysets:
             return chained[0]  # insecure: refused or warned about later
         return found
 
-    # -- calls with a deadline -----------------------------------------------
+    # -- calls with a deadline
 
     def _deadline(self, what: str, call: Callable[[], T]) -> T:
         stuck = self._stuck
@@ -374,7 +374,7 @@ class KeyringKeysets:
             f"{type(exc).__name__}: {exc}"
         )
 
-    # -- keysets ---------------------------------------------------------------
+    # -- keysets
 
     def load(self, store_name: str) -> Keyset | None:
         """Return the store's keyset, or None when the keyring has none.

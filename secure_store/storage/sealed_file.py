@@ -33,7 +33,7 @@ from secure_store.errors import (
     StoreFileError,
     StoreLockedError,
 )
-from secure_store.storage.keys import Keyset
+from secure_store.storage.keys import KeyringKeysets, Keyset
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class SealedFile:
         """Whether the sealed file exists."""
         return self.path.exists()
 
-    # -- locking ---------------------------------------------------------------
+    # -- locking
 
     def ensure_folder(self) -> None:
         """Create the folder 0700; warn if an existing one is open to others.
@@ -259,7 +259,7 @@ class SealedFile:
         finally:
             self._lock.release()
 
-    # -- reading ---------------------------------------------------------------
+    # -- reading
 
     def header(self) -> FileHeader:
         """Return the file's header; needs no key.
@@ -299,12 +299,20 @@ class SealedFile:
         )
         return plaintext
 
-    # -- writing ---------------------------------------------------------------
+    # -- writing
 
     def write(self, plaintext: bytes, keyset: Keyset) -> None:
-        """Seal ``plaintext`` under the primary key; atomic and durable."""
+        """Seal ``plaintext`` under the primary key; atomic and durable.
+
+        Refuses to replace a file that ``keyset`` could not open: a damaged
+        header raises StoreFileError, a key id missing from ``keyset``
+        raises KeyMissingError. The second case means another process
+        rotated the key since ``keyset`` was loaded; reload it from the
+        keyring (under :meth:`locked`) and write again.
+        """
         sealed = seal(plaintext, keyset, self.store_name, aead_id=self.aead_id)
         with self.locked():
+            self._check_replaceable(keyset)
             self._remove_leftovers()
             temp = self.folder / (
                 f".{self.path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
@@ -335,7 +343,24 @@ class SealedFile:
             keyset.primary_id,
         )
 
-    # -- leftovers and quarantine ------------------------------------------------
+    def _check_replaceable(self, keyset: Keyset) -> None:
+        try:
+            current = self.header()
+        except FileNotFoundError:
+            return
+        except StoreFileError as exc:
+            raise StoreFileError(
+                f"refusing to overwrite {self.path}: {exc}; quarantine it "
+                "first"
+            ) from None
+        if current.key_id not in keyset.keys:
+            raise KeyMissingError(
+                f"refusing to overwrite {self.path}: it is sealed under key "
+                f"{current.key_id:08x}, which this keyset does not hold "
+                "(was the key rotated by another process?)"
+            )
+
+    # -- leftovers and quarantine
 
     def _leftovers(self) -> list[Path]:
         prefix = f".{self.path.name}."
@@ -418,3 +443,54 @@ class SealedFile:
             os.unlink(self.path)
             return target
         raise StoreFileError(f"no free quarantine name for {self.path}")
+
+
+@dataclass(frozen=True)
+class OpenedStore:
+    """What :func:`open_store` found: a keyset, and data or a fresh start."""
+
+    keyset: Keyset
+    plaintext: bytes | None
+    """The store's plaintext, or None to start an empty store."""
+    quarantined: Path | None = None
+    """Where an unreadable file was moved, if one was."""
+    reason: str | None = None
+    """Why it was moved."""
+
+
+def open_store(sealed: SealedFile, keysets: KeyringKeysets) -> OpenedStore:
+    """Open a store the way a loading app should, under the write lock.
+
+    - No file: use the keyring's keyset, or create one; start empty.
+    - A file and its key: return the plaintext.
+    - A file that cannot be opened (no keyset or a damaged one in the
+      keyring, its key id missing, damage, foreign store, unknown
+      version): quarantine it, keep or create a keyset, start empty.
+    - A keyring that is locked or unreachable is not a lost key:
+      KeyringLockedError / KeyringUnavailableError propagate and nothing
+      is touched. StoreLockedError when another writer holds the lock.
+    """
+    name = sealed.store_name
+    with sealed.locked():
+        try:
+            keyset = keysets.load(name)
+            lost = "the keyring holds no keyset for this store (lost key)"
+        except KeyMissingError as exc:
+            keyset, lost = None, str(exc)
+
+        if not sealed.exists():
+            sealed.remove_leftovers()
+            if keyset is None:
+                keyset = keysets.create(name)
+            return OpenedStore(keyset, None)
+
+        if keyset is None:
+            moved = sealed.quarantine(lost)
+            return OpenedStore(keysets.create(name), None, moved, lost)
+
+        try:
+            plaintext = sealed.read(keyset)
+        except (StoreFileError, KeyMissingError) as exc:
+            moved = sealed.quarantine(str(exc))
+            return OpenedStore(keyset, None, moved, str(exc))
+        return OpenedStore(keyset, plaintext)

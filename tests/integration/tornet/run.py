@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tornet.network import TorNetwork  # noqa: E402
+from tornet.network import TorNetwork
 
 
 def main() -> int:

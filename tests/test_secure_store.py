@@ -1,0 +1,216 @@
+"""SecureStore at rest: round trips, nothing readable on disk, damage kept."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MemoryKeyring
+
+from secure_store import CleanInsights, Feature, SecureStore
+from secure_store.cleaninsights.clock import FrozenClock
+from secure_store.errors import (
+    ConfigurationError,
+    KeyConfigError,
+    ProxyConfigError,
+    SecureStoreError,
+    StoreFileError,
+)
+from secure_store.storage.keys import KEYRING_SERVICE
+
+CAMPAIGN = "weekly-screens-7f3a"
+SCENE = ["MainScreen-qx", "SettingsPane-zz"]
+CATEGORY, ACTION, NAME = "musicCat-91", "playAction-k2", "trackName-v8"
+CONF: dict[str, Any] = {
+    "server": "https://gateway.example.onion/",
+    "siteId": 7,
+    "campaigns": {
+        CAMPAIGN: {
+            "start": "2024-01-01T00:00:00Z",
+            "end": "2024-12-31T23:59:59Z",
+            "aggregationPeriodLength": 7,
+            "numberOfPeriods": 4,
+        }
+    },
+}
+SECRETS = [CAMPAIGN, *SCENE, CATEGORY, ACTION, NAME, "lang"]
+
+
+def open_store(
+    folder: Path, keyring: MemoryKeyring, name: str = "app"
+) -> SecureStore:
+    return SecureStore(
+        name=name, path=folder / f"{name}.sstore", keyring_backend=keyring
+    )
+
+
+def fill(store: SecureStore) -> None:
+    ci = CleanInsights(CONF, store)
+    ci.grant_feature(Feature.lang)
+    ci.grant_campaign(CAMPAIGN)
+    ci.measure_visit(SCENE, CAMPAIGN)
+    ci.measure_visit(SCENE, CAMPAIGN)
+    ci.measure_event(CATEGORY, ACTION, CAMPAIGN, NAME, 4.5)
+    ci.persist()
+
+
+def encodings(word: str) -> list[bytes]:
+    return [
+        word.encode("utf-8"),
+        json.dumps(word).encode("utf-8"),
+        word.encode("utf-16-le"),
+        word.encode("utf-16-be"),
+        word.encode("utf-8").hex().encode(),
+    ]
+
+
+def test_store_round_trips_through_the_sealed_file(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    written = store.to_dict()
+    store.close()
+
+    reopened = open_store(tmp_path, memory_keyring)
+
+    assert reopened.to_dict() == written
+    assert [v.times for v in reopened.visits] == [2]
+    assert [e.value for e in reopened.events] == [4.5]
+    assert reopened.load_error is None
+    reopened.close()
+
+
+def test_sealed_file_shows_no_name_in_any_encoding(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    store.close()
+
+    blob = (tmp_path / "app.sstore").read_bytes()
+
+    leaked = [w for w in SECRETS if any(f in blob for f in encodings(w))]
+    assert leaked == []
+
+
+def test_sealed_file_and_folder_are_private(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path / "data", memory_keyring)
+    fill(store)
+    store.close()
+
+    assert (tmp_path / "data" / "app.sstore").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+
+
+def damaged_copies(blob: bytes) -> dict[str, bytes]:
+    flipped = {
+        f"byte {i} flipped": blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :]
+        for i in (0, 5, 8, 20, len(blob) // 2, len(blob) - 1)
+    }
+    return {
+        **flipped,
+        "truncated by one": blob[:-1],
+        "truncated to the header": blob[:24],
+        "empty": b"",
+    }
+
+
+@pytest.mark.parametrize("damage", list(damaged_copies(b"x" * 64)))
+def test_damaged_file_is_refused_and_kept(
+    tmp_path: Path,
+    memory_keyring: MemoryKeyring,
+    clock: FrozenClock,
+    damage: str,
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    store.close()
+    path = tmp_path / "app.sstore"
+    bad = damaged_copies(path.read_bytes())[damage]
+    path.write_bytes(bad)
+
+    reopened = open_store(tmp_path, memory_keyring)
+
+    assert isinstance(reopened.load_error, StoreFileError)
+    assert reopened.visits == []
+    assert [q.read_bytes() for q in reopened.quarantined] == [bad]
+    reopened.persist(False, lambda error: None)
+    assert reopened.quarantined[0].read_bytes() == bad
+    reopened.close()
+
+
+def test_file_sealed_under_another_store_name_is_refused(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring, name="alice")
+    fill(store)
+    store.close()
+    # Same key, other name: only the name in the associated data differs.
+    entry = memory_keyring.get_password(KEYRING_SERVICE, "alice")
+    assert entry is not None
+    memory_keyring.set_password(KEYRING_SERVICE, "bob", entry)
+    original = (tmp_path / "alice.sstore").read_bytes()
+    (tmp_path / "bob.sstore").write_bytes(original)
+
+    bob = open_store(tmp_path, memory_keyring, name="bob")
+
+    assert isinstance(bob.load_error, SecureStoreError)
+    assert bob.visits == []
+    assert [q.read_bytes() for q in bob.quarantined] == [original]
+    bob.close()
+
+
+def test_asynchronous_persist_returns_and_calls_done_once(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    calls: list[Exception | None] = []
+    finished = threading.Event()
+
+    def done(error: Exception | None) -> None:
+        calls.append(error)
+        finished.set()
+
+    store.persist(True, done)
+
+    assert finished.wait(5.0)
+    store.close()
+    assert calls == [None]
+
+
+def test_bad_store_name_is_a_configuration_error(
+    tmp_path: Path, memory_keyring: MemoryKeyring
+) -> None:
+    with pytest.raises(ConfigurationError, match="name must be"):
+        SecureStore(name="../escape", keyring_backend=memory_keyring)
+
+
+def test_plain_socks5_proxy_is_refused(
+    tmp_path: Path, memory_keyring: MemoryKeyring
+) -> None:
+    with pytest.raises(ProxyConfigError, match="DNS"):
+        SecureStore(
+            path=tmp_path / "a.sstore",
+            proxy_url="socks5://127.0.0.1:9050",
+            keyring_backend=memory_keyring,
+        )
+
+
+def test_send_without_key_config_fails_through_done(
+    tmp_path: Path, memory_keyring: MemoryKeyring
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    calls: list[Exception | None] = []
+
+    store.send("{}", "https://gw.example.onion/", 1, calls.append)
+
+    assert len(calls) == 1
+    assert isinstance(calls[0], KeyConfigError)
+    store.close()
