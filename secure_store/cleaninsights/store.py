@@ -404,7 +404,10 @@ def write_atomically(path: Path, content: bytes) -> None:
         prefix=f".{path.name}.", suffix=".tmp", dir=folder
     )
     try:
-        os.fchmod(fd, FILE_MODE) if hasattr(os, "fchmod") else None
+        # mkstemp already creates the file 0600; say so explicitly anyway
+        # in case the platform's default differs.
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import keyring
 import keyring.backend
 import keyring.errors
+from keyring.backends import chainer, fail, null
 
 from secure_store.errors import (
     InsecureKeyringError,
@@ -41,17 +42,15 @@ FIX_HINT = (
     "the platform keychain, or choose a backend with PYTHON_KEYRING_BACKEND"
 )
 
-# Backends that answer without keeping anything, or keep it readable to
-# anyone who can read the user's files.
-_INSECURE_BACKENDS = frozenset(
+# Backends that keep secrets readable to anyone who can read the user's
+# files (keyrings.alt's file backends are matched by name: that package is
+# optional), besides keyring's null backend, which keeps nothing.
+_PLAINTEXT_BACKENDS = frozenset(
     {
-        "keyring.backends.null.Keyring",
         "keyrings.alt.file.PlaintextKeyring",
         "keyrings.alt.pyfs.PlaintextKeyring",
     }
 )
-_FAIL_BACKEND = "keyring.backends.fail.Keyring"
-_CHAINER_BACKEND = "keyring.backends.chainer.ChainerBackend"
 
 T = TypeVar("T")
 
@@ -208,8 +207,14 @@ def _qualified_name(backend: keyring.backend.KeyringBackend) -> str:
 
 
 def _is_insecure(backend: keyring.backend.KeyringBackend) -> bool:
+    if isinstance(backend, null.Keyring):
+        return True
     name = _qualified_name(backend)
-    return name in _INSECURE_BACKENDS or "plaintext" in name.lower()
+    return name in _PLAINTEXT_BACKENDS or "plaintext" in name.lower()
+
+
+def _is_fail(backend: keyring.backend.KeyringBackend) -> bool:
+    return isinstance(backend, fail.Keyring)
 
 
 class KeyringKeysets:
@@ -267,9 +272,8 @@ class KeyringKeysets:
         else:
             found = self._deadline("find a backend", _default_backend)
         chosen = self._unchain(found)
-        name = _qualified_name(chosen)
 
-        if name == _FAIL_BACKEND:
+        if _is_fail(chosen):
             raise KeyringUnavailableError(
                 f"no usable keyring backend: found {backend_label(chosen)}; "
                 f"{FIX_HINT}"
@@ -298,13 +302,13 @@ class KeyringKeysets:
         The chainer writes to the next backend when one fails, so a locked
         Secret Service would silently land our key in a plaintext file.
         """
-        if _qualified_name(found) != _CHAINER_BACKEND:
+        if not isinstance(found, chainer.ChainerBackend):
             return found
         chained: list[keyring.backend.KeyringBackend] = list(
             getattr(found, "backends", [])
         )
         secure = [b for b in chained if not _is_insecure(b)]
-        secure = [b for b in secure if _qualified_name(b) != _FAIL_BACKEND]
+        secure = [b for b in secure if not _is_fail(b)]
         if secure:
             return secure[0]  # the chainer sorts by priority, best first
         if chained:

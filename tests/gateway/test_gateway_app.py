@@ -678,7 +678,7 @@ def test_each_request_logs_one_line_without_payload_or_address(
     assert len(lines) == 1
     assert lines[0].startswith(
         "request method=POST status=204 outcome=forwarded "
-        "size_bucket=1024 key_id=11 latency_ms="
+        "size_bucket=2048 key_id=11 latency_ms="
     )
     everything = "\n".join(r.getMessage() for r in caplog.records)
     assert "127.0.0.1" not in everything

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import keyring.errors
 from keyring.backend import KeyringBackend
+from keyring.backends import chainer
 
 
 class MemoryKeyring(KeyringBackend):
     """Keeps entries in a dict: ``entries[(service, user)] = secret``."""
 
     priority = 1  # type: ignore[assignment]
+    # Never picked by keyring.get_keyring(); only used when passed in.
+    viable = False  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,6 +80,7 @@ class FileKeyring(KeyringBackend):
     """
 
     priority = 1  # type: ignore[assignment]
+    viable = False  # type: ignore[assignment]
 
     def __init__(self, path: Path | str) -> None:
         super().__init__()
@@ -111,3 +115,17 @@ class FileKeyring(KeyringBackend):
         if entries.pop(f"{service}\n{username}", None) is None:
             raise keyring.errors.PasswordDeleteError("No such password!")
         self._write(entries)
+
+
+class FakeChainer(chainer.ChainerBackend):
+    """keyring's chainer over a fixed list of backends."""
+
+    viable = False  # type: ignore[assignment]
+
+    def __init__(self, backends: list[KeyringBackend]) -> None:
+        super().__init__()
+        self._chained = backends
+
+    @property  # type: ignore[override]
+    def backends(self) -> list[KeyringBackend]:
+        return self._chained

@@ -10,8 +10,9 @@ import time
 import keyring.core
 import keyring.errors
 import pytest
-from keyring.backends import chainer, fail, null
+from keyring.backends import fail, null
 from storage_fakes import (
+    FakeChainer,
     HangingKeyring,
     MemoryKeyring,
     PlaintextKeyring,
@@ -299,30 +300,22 @@ def test_the_fail_backend_is_unavailable_with_a_fix() -> None:
     assert "PYTHON_KEYRING_BACKEND" in message
 
 
-def test_the_chainer_is_replaced_by_its_best_secure_backend(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_chainer_is_replaced_by_its_best_secure_backend() -> None:
     secure = MemoryKeyring()
-    monkeypatch.setattr(
-        chainer.ChainerBackend, "backends", [PlaintextKeyring(), secure]
-    )
+    chained = FakeChainer([PlaintextKeyring(), secure])
 
-    keysets = KeyringKeysets(backend=chainer.ChainerBackend())
+    keysets = KeyringKeysets(backend=chained)
     keysets.create("s")
 
     assert keysets.backend is secure
     assert list(secure.entries) == [("secure-store", "s")]
 
 
-def test_a_chainer_of_plaintext_backends_only_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(
-        chainer.ChainerBackend, "backends", [PlaintextKeyring()]
-    )
+def test_a_chainer_of_plaintext_backends_only_is_refused() -> None:
+    chained = FakeChainer([PlaintextKeyring()])
 
     with pytest.raises(InsecureKeyringError):
-        KeyringKeysets(backend=chainer.ChainerBackend()).load("s")
+        KeyringKeysets(backend=chained).load("s")
 
 
 def test_a_broken_backend_setting_names_python_keyring_backend(

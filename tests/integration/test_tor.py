@@ -1,0 +1,372 @@
+"""Reports through real Tor on 127.0.0.1, and the Tor readiness check."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from secure_store.demo.receiver import CimpReceiver
+from secure_store.demo.socks import Pproxy
+from secure_store.errors import (
+    ProxyConfigError,
+    ProxyRefusedError,
+    ProxyUnreachableError,
+    TransportError,
+)
+from secure_store.gateway import MemoryReplayCache, create_app, make_server
+from secure_store.transport.envelope import (
+    REPORT_ID_BYTES,
+    GatewayKey,
+    Suite,
+    seal,
+)
+from secure_store.transport.tor import check_proxy
+
+try:
+    from .tornet import LoneTor, TorNetwork
+except ImportError:
+    from tornet import LoneTor, TorNetwork  # type: ignore[no-redef]
+
+LOOPBACK = "127.0.0.1"
+SEND_TIMEOUT_S = 60.0  # research: an occasional first onion stream ~9 s
+SILENT_SERVER_TIMEOUT_S = 1.0
+N_RELAYS = 6  # 3 authorities + 2 relays + 1 exit, the fixture's default
+STREAM_EVENT_WAIT_S = 5.0
+
+
+def a_cimp_report(action: str) -> dict[str, Any]:
+    return {
+        "idsite": 1,
+        "visits": [
+            {
+                "action_name": action,
+                "period_start": 1_700_000_000,
+                "period_end": 1_700_086_400,
+                "times": 1,
+            }
+        ],
+        "events": [],
+    }
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the readiness check against one real, unbootstrapped tor ----------------
+
+
+def test_check_proxy_knows_tor_by_its_answer_to_plain_http(
+    lone_tor: LoneTor,
+) -> None:
+    report = check_proxy(lone_tor.proxy_url())
+
+    assert report.reachable is True
+    assert report.is_tor is True
+    assert report.tor_evidence == (
+        "its SOCKS port answers HTTP with 'Tor is not an HTTP Proxy'"
+    )
+    assert report.bootstrap_percent is None
+
+
+def test_check_proxy_reads_bootstrap_from_the_control_port(
+    lone_tor: LoneTor,
+) -> None:
+    report = check_proxy(
+        lone_tor.proxy_url(), control_port=lone_tor.control_port
+    )
+
+    assert report.is_tor is True
+    assert report.tor_evidence == (
+        f"control port 127.0.0.1:{lone_tor.control_port} lists this "
+        "SocksPort"
+    )
+    # Its only authority is a closed port: it stays at 0% or 5%.
+    assert report.bootstrap_percent in (0, 5)
+    assert report.circuit_established is False
+    assert report.ready is False
+
+
+def test_check_proxy_authenticates_with_a_given_cookie_file(
+    lone_tor: LoneTor,
+) -> None:
+    report = check_proxy(
+        lone_tor.proxy_url(),
+        control_port=lone_tor.control_port,
+        control_cookie_path=lone_tor.cookie_path,
+    )
+
+    assert report.problems == ()
+    assert report.tor_version is not None
+
+
+def test_check_proxy_reports_a_control_port_that_refuses_the_cookie(
+    lone_tor: LoneTor, tmp_path: Any
+) -> None:
+    wrong_cookie = tmp_path / "cookie"
+    wrong_cookie.write_bytes(b"\0" * 32)
+
+    report = check_proxy(
+        lone_tor.proxy_url(),
+        control_port=lone_tor.control_port,
+        control_cookie_path=wrong_cookie,
+    )
+
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(
+        f"control port 127.0.0.1:{lone_tor.control_port} refused us"
+    )
+    assert report.ready is False
+
+
+def test_check_proxy_reports_an_unreachable_control_port(
+    lone_tor: LoneTor,
+) -> None:
+    closed = free_loopback_port()
+
+    report = check_proxy(lone_tor.proxy_url(), control_port=closed)
+
+    assert report.problems == (
+        f"control port 127.0.0.1:{closed} unreachable: Connection refused",
+    )
+    assert report.is_tor is True  # still known from the HTTP probe
+
+
+def test_check_proxy_times_the_socks_handshake(lone_tor: LoneTor) -> None:
+    report = check_proxy(lone_tor.proxy_url())
+
+    assert report.socks_method == "no authentication"
+    assert 0 < report.handshake_ms < 1000
+
+
+def test_check_proxy_text_names_every_finding(lone_tor: LoneTor) -> None:
+    text = check_proxy(
+        lone_tor.proxy_url(), control_port=lone_tor.control_port
+    ).format_text()
+
+    assert [line.split()[0] for line in text.splitlines()] == [
+        "proxy",
+        "reachable",
+        "tor",
+        "bootstrap",
+        "ready",
+    ]
+
+
+# -- the readiness check against things that are not Tor ---------------------
+
+
+def test_check_proxy_says_a_plain_socks_server_is_not_tor() -> None:
+    with Pproxy() as proxy:
+        report = check_proxy(proxy.url)
+
+    assert report.reachable is True
+    assert report.socks_method == "username/password"
+    assert report.is_tor is False
+
+
+def test_check_proxy_raises_when_nothing_listens() -> None:
+    closed = free_loopback_port()
+
+    with pytest.raises(ProxyUnreachableError) as caught:
+        check_proxy(f"socks5h://127.0.0.1:{closed}")
+
+    assert str(caught.value) == (
+        f"nothing answered at 127.0.0.1:{closed}: Connection refused"
+    )
+
+
+class _HttpOnly(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_check_proxy_refuses_a_server_that_does_not_speak_socks5() -> None:
+    server = HTTPServer((LOOPBACK, 0), _HttpOnly)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ProxyRefusedError, match="not as a SOCKS5 proxy"):
+            check_proxy(f"socks5h://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_proxy_gives_up_on_a_silent_server_in_time() -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+
+        with pytest.raises(ProxyRefusedError, match="did not answer"):
+            check_proxy(
+                f"socks5h://127.0.0.1:{port}",
+                timeout_s=SILENT_SERVER_TIMEOUT_S,
+            )
+
+        assert time.monotonic() - started < SILENT_SERVER_TIMEOUT_S + 1
+
+
+def test_check_proxy_refuses_a_proxy_url_that_is_not_socks() -> None:
+    with pytest.raises(ProxyConfigError, match="socks5h://"):
+        check_proxy("http://127.0.0.1:8080")
+
+
+def test_tor_module_imports_without_stem() -> None:
+    code = (
+        "import sys; sys.modules['stem'] = None; "
+        "import secure_store.transport.tor as t; print(t.CHECK_TIMEOUT_S)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
+
+    assert (result.returncode, result.stdout) == (0, "10.0\n")
+
+
+def test_control_port_check_without_stem_says_what_to_install(
+    lone_tor: LoneTor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "stem.control", None)
+
+    with pytest.raises(TransportError, match=r"secure-store\[tor\]"):
+        check_proxy(lone_tor.proxy_url(), control_port=lone_tor.control_port)
+
+
+# -- the private Tor network ---------------------------------------------------
+
+
+@dataclass
+class GatewayStack:
+    """Receiver <- gateway on 127.0.0.1, and the gateway's onion address."""
+
+    receiver: CimpReceiver
+    key: GatewayKey
+    port: int
+    onion: str
+
+    @property
+    def loopback_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def onion_url(self) -> str:
+        return f"http://{self.onion}/"
+
+
+@pytest.fixture(scope="module")
+def gateway_stack(tor_network: TorNetwork) -> Iterator[GatewayStack]:
+    receiver = CimpReceiver().start()
+    key = GatewayKey.generate(Suite.PQ_HYBRID)
+    app = create_app(
+        [key], receiver.url, replay_cache=MemoryReplayCache()
+    )
+    server = make_server(app, LOOPBACK, 0)
+    port = int(getattr(server, "effective_port"))  # noqa: B009
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        onion = tor_network.add_onion(port)
+        yield GatewayStack(receiver, key, port, onion)
+    finally:
+        server.close()
+        thread.join(5)
+        app.close()
+        receiver.stop()
+
+
+def send_envelope(
+    proxy_url: str, url: str, report: dict[str, Any]
+) -> requests.Response:
+    """POST one sealed report through the SOCKS proxy."""
+    # TODO(switch): secure_store.transport.sender.Sender once it exists.
+    envelope = seal(
+        GATEWAY_KEY_CONFIG[0],
+        secrets.token_bytes(REPORT_ID_BYTES),
+        json.dumps(report).encode(),
+    )
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.post(
+            url,
+            data=envelope,
+            headers={"Content-Type": "application/octet-stream"},
+            proxies={"http": proxy_url, "https": proxy_url},
+            timeout=SEND_TIMEOUT_S,
+            allow_redirects=False,
+        )
+
+
+GATEWAY_KEY_CONFIG: list[Any] = []
+
+
+@pytest.mark.slow
+def test_consensus_lists_only_our_loopback_relays(
+    tor_network: TorNetwork,
+) -> None:
+    assert tor_network.consensus_addresses() == ["127.0.0.1"]
+    assert tor_network.consensus_relay_count() == N_RELAYS
+
+
+@pytest.mark.slow
+def test_consensus_is_signed_only_by_our_loopback_authorities(
+    tor_network: TorNetwork,
+) -> None:
+    assert tor_network.consensus_dir_sources() == ["127.0.0.1"] * 3
+
+
+@pytest.mark.slow
+def test_check_proxy_reports_the_private_tor_client_bootstrapped(
+    tor_network: TorNetwork,
+) -> None:
+    report = check_proxy(
+        tor_network.proxy_url(),
+        control_port=tor_network.client_control_port,
+    )
+
+    assert report.is_tor is True
+    assert report.bootstrap_percent == 100
+    assert report.bootstrap_summary == "done: Done"
+    assert report.circuit_established is True
+    assert report.ready is True
+
+
+@pytest.mark.slow
+def test_check_proxy_times_a_request_through_the_exit(
+    tor_network: TorNetwork, gateway_stack: GatewayStack
+) -> None:
+    report = check_proxy(
+        tor_network.proxy_url(), target_url=gateway_stack.loopback_url
+    )
+
+    # The gateway answers GET / with 405: what matters is that it answered.
+    assert report.target_error is None
+    assert report.target_status == 405
+    assert report.target_ms is not None and report.target_ms > 0
