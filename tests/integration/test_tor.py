@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -94,8 +93,7 @@ def test_check_proxy_reads_bootstrap_from_the_control_port(
 
     assert report.is_tor is True
     assert report.tor_evidence == (
-        f"control port 127.0.0.1:{lone_tor.control_port} lists this "
-        "SocksPort"
+        f"control port 127.0.0.1:{lone_tor.control_port} lists this SocksPort"
     )
     # Its only authority is a closed port: it stays at 0% or 5%.
     assert report.bootstrap_percent in (0, 5)
@@ -192,25 +190,30 @@ def test_check_proxy_raises_when_nothing_listens() -> None:
     )
 
 
-class _HttpOnly(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def _answer_once(listener: socket.socket, answer: bytes) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(64)
+        conn.sendall(answer)
 
 
 def test_check_proxy_refuses_a_server_that_does_not_speak_socks5() -> None:
-    server = HTTPServer((LOOPBACK, 0), _HttpOnly)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(ProxyRefusedError, match="not as a SOCKS5 proxy"):
-            check_proxy(f"socks5h://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        threading.Thread(
+            target=_answer_once,
+            args=(listener, b"HTTP/1.1 400 Bad Request\r\n\r\n"),
+            daemon=True,
+        ).start()
+
+        with pytest.raises(ProxyRefusedError) as caught:
+            check_proxy(f"socks5h://127.0.0.1:{port}")
+
+    assert str(caught.value) == (
+        f"127.0.0.1:{port} answered, but not as a SOCKS5 proxy (b'HT')"
+    )
 
 
 def test_check_proxy_gives_up_on_a_silent_server_in_time() -> None:
@@ -260,7 +263,7 @@ def test_control_port_check_without_stem_says_what_to_install(
         check_proxy(lone_tor.proxy_url(), control_port=lone_tor.control_port)
 
 
-# -- the private Tor network ---------------------------------------------------
+# -- the private Tor network ------------------------------------------------
 
 
 @dataclass
@@ -285,9 +288,7 @@ class GatewayStack:
 def gateway_stack(tor_network: TorNetwork) -> Iterator[GatewayStack]:
     receiver = CimpReceiver().start()
     key = GatewayKey.generate(Suite.PQ_HYBRID)
-    app = create_app(
-        [key], receiver.url, replay_cache=MemoryReplayCache()
-    )
+    app = create_app([key], receiver.url, replay_cache=MemoryReplayCache())
     server = make_server(app, LOOPBACK, 0)
     port = int(getattr(server, "effective_port"))  # noqa: B009
     thread = threading.Thread(target=server.run, daemon=True)
@@ -302,19 +303,20 @@ def gateway_stack(tor_network: TorNetwork) -> Iterator[GatewayStack]:
         receiver.stop()
 
 
-def send_envelope(
-    proxy_url: str, url: str, report: dict[str, Any]
-) -> requests.Response:
-    """POST one sealed report through the SOCKS proxy."""
+def send_report(
+    proxy_url: str, stack: GatewayStack, url: str, report: dict[str, Any]
+) -> int:
+    """Seal ``report`` to the gateway and POST it through the proxy;
+    return the HTTP status."""
     # TODO(switch): secure_store.transport.sender.Sender once it exists.
     envelope = seal(
-        GATEWAY_KEY_CONFIG[0],
+        stack.key.key_config(),
         secrets.token_bytes(REPORT_ID_BYTES),
         json.dumps(report).encode(),
     )
     with requests.Session() as session:
         session.trust_env = False
-        return session.post(
+        answer = session.post(
             url,
             data=envelope,
             headers={"Content-Type": "application/octet-stream"},
@@ -322,9 +324,37 @@ def send_envelope(
             timeout=SEND_TIMEOUT_S,
             allow_redirects=False,
         )
+        return answer.status_code
 
 
-GATEWAY_KEY_CONFIG: list[Any] = []
+class StreamLog:
+    """The client's STREAM SUCCEEDED events: (SOCKS username, circuit)."""
+
+    def __init__(self, network: TorNetwork) -> None:
+        self._controller = network.controller("client")
+        self._lock = threading.Lock()
+        self.streams: list[tuple[str, str]] = []
+        self._controller.add_event_listener(self._on_stream, "STREAM")
+
+    def _on_stream(self, event: Any) -> None:
+        if event.status == "SUCCEEDED":
+            user = event.keyword_args.get("SOCKS_USERNAME", "")
+            with self._lock:
+                self.streams.append((user.strip('"'), event.circ_id))
+
+    def circuit_of(self, username: str) -> str:
+        """The circuit of ``username``'s stream (waits for the event)."""
+        deadline = time.monotonic() + STREAM_EVENT_WAIT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                hits = [c for u, c in self.streams if u == username]
+            if hits:
+                return hits[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no stream event for {username}")
+
+    def close(self) -> None:
+        self._controller.remove_event_listener(self._on_stream)
 
 
 @pytest.mark.slow
@@ -370,3 +400,85 @@ def test_check_proxy_times_a_request_through_the_exit(
     assert report.target_error is None
     assert report.target_status == 405
     assert report.target_ms is not None and report.target_ms > 0
+
+
+@pytest.mark.slow
+def test_report_reaches_the_receiver_through_the_onion_gateway(
+    tor_network: TorNetwork, gateway_stack: GatewayStack
+) -> None:
+    before = len(gateway_stack.receiver.received)
+
+    status = send_report(
+        tor_network.proxy_url("onion-test", "x"),
+        gateway_stack,
+        gateway_stack.onion_url,
+        a_cimp_report("via-onion"),
+    )
+
+    assert status == 204
+    received = gateway_stack.receiver.received[before:]
+    assert [r["visits"][0]["action_name"] for r in received] == ["via-onion"]
+
+
+@pytest.mark.slow
+def test_report_reaches_the_receiver_through_the_exit(
+    tor_network: TorNetwork, gateway_stack: GatewayStack
+) -> None:
+    before = len(gateway_stack.receiver.received)
+
+    status = send_report(
+        tor_network.proxy_url("exit-test", "x"),
+        gateway_stack,
+        gateway_stack.loopback_url,
+        a_cimp_report("via-exit"),
+    )
+
+    assert status == 204
+    received = gateway_stack.receiver.received[before:]
+    assert [r["visits"][0]["action_name"] for r in received] == ["via-exit"]
+
+
+@pytest.fixture
+def stream_log(tor_network: TorNetwork) -> Iterator[StreamLog]:
+    log = StreamLog(tor_network)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["exit", "onion"])
+def test_different_socks_credentials_use_different_circuits(
+    tor_network: TorNetwork,
+    gateway_stack: GatewayStack,
+    stream_log: StreamLog,
+    route: str,
+) -> None:
+    url = (
+        gateway_stack.loopback_url
+        if route == "exit"
+        else gateway_stack.onion_url
+    )
+    alice, bob = f"alice-{route}", f"bob-{route}"
+
+    for user in (alice, bob):
+        status = send_report(
+            tor_network.proxy_url(user, "pw"),
+            gateway_stack,
+            url,
+            a_cimp_report(f"isolation-{user}"),
+        )
+        assert status == 204
+
+    assert stream_log.circuit_of(alice) != stream_log.circuit_of(bob)
+
+
+@pytest.mark.slow
+def test_tor_processes_use_only_loopback_sockets(
+    tor_network: TorNetwork, gateway_stack: GatewayStack
+) -> None:
+    bad, checked = tor_network.socket_audit()
+
+    assert bad == []
+    assert checked > 0
