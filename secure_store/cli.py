@@ -33,7 +33,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
             f"{out} exists; refusing to overwrite a private key (--force)"
         )
     key.save(out)
-    print(f"# private key (key id {key.key_id}, {args.suite}) written to {out}")
+    print(
+        f"# private key (key id {key.key_id}, {args.suite}) written to {out}"
+    )
     print("# pin this key config in clients (gateway_key_config=...):")
     print(key.key_config().to_base64())
     return EXIT_OK
@@ -78,7 +80,7 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
         allow_insecure_keyring=args.allow_insecure_keyring
     )
     result = rotate(path, name, keysets, retire_all=args.retire_all)
-    print(result.describe())
+    print("\n".join(result.summary()))
     return EXIT_OK
 
 

@@ -230,7 +230,9 @@ class SecureStore(Store):
                 f"starting with a letter or digit; got {name!r}"
             )
         self.name = name
-        self.path = Path(path) if path is not None else default_store_path(name)
+        self.path = (
+            Path(path) if path is not None else default_store_path(name)
+        )
         self.proxy = parse_proxy_url(proxy_url, allow_socks5=allow_socks5)
         self.key_config = (
             envelope.KeyConfig.load(gateway_key_config)
@@ -247,7 +249,9 @@ class SecureStore(Store):
         self._pending: _PendingReport | None = None
         self._state_lock = threading.RLock()
         self._snapshot_seq = 0
-        self._sender = Sender(self.proxy)
+        self._sender = Sender(
+            self.proxy, allow_insecure_http=allow_insecure_http
+        )
         self._send_pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="secure-store-send"
         )
@@ -316,7 +320,13 @@ class SecureStore(Store):
         # report is written with a consistent store before it is sent.
         snapshot = self._snapshot() if self._keyset is not None else None
         self._send_pool.submit(
-            self._deliver, key_config, url, report, snapshot, float(timeout), done
+            self._deliver,
+            key_config,
+            url,
+            report,
+            snapshot,
+            float(timeout),
+            done,
         )
 
     # -- persistence of our own state -----------------------------------------
@@ -396,13 +406,6 @@ class SecureStore(Store):
         moved = self._file.quarantine(str(reason))
         self.quarantined.append(moved)
         self.load_error = reason
-        log.warning(
-            "store %r could not be opened (%s); moved aside to %s and "
-            "starting empty",
-            self.name,
-            reason,
-            moved,
-        )
         self.debug(f"store could not be opened ({reason}); kept as {moved}")
 
     def _snapshot(self) -> tuple[int, bytes]:
@@ -480,4 +483,3 @@ def _close_open_stores() -> None:
             store.close()
         except Exception:
             log.exception("closing store %r at exit failed", store.name)
-

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jaraco.classes import properties
 from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
 
@@ -20,11 +21,9 @@ from secure_store.demo.socks import Pproxy
 class MemoryKeyring(KeyringBackend):
     """An in-memory keyring for unit tests (never chosen automatically)."""
 
-    @classmethod
-    def _not_automatic(cls) -> float:
+    @properties.classproperty
+    def priority(cls) -> float:
         raise RuntimeError("test backend; only used when passed explicitly")
-
-    priority = property(_not_automatic)  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__()

@@ -31,7 +31,9 @@ def test_keygen_writes_a_private_key_and_prints_its_config(
 ) -> None:
     key_file = tmp_path / "gw.key"
 
-    status = main(["gateway", "keygen", "--suite", "x25519", "--out", str(key_file)])
+    status = main(
+        ["gateway", "keygen", "--suite", "x25519", "--out", str(key_file)]
+    )
 
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert status == 0

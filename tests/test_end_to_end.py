@@ -4,6 +4,7 @@ gateway -> CIMP, every hop a real server on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from secure_store.cleaninsights.clock import FrozenClock
 from secure_store.demo.receiver import CimpReceiver
 from secure_store.demo.socks import LOOPBACK, Pproxy, free_port, wait_for_port
 from secure_store.errors import SendError
-from secure_store.gateway import create_app
+from secure_store.gateway import create_app, make_server
 from secure_store.transport.envelope import GatewayKey, Suite
 
 CAMPAIGN = "weekly-screens"
@@ -30,55 +31,41 @@ PERIOD_END = datetime(2024, 1, 22, tzinfo=UTC)
 SEND_TIMEOUT_S = 3
 
 
-def socket_owner(local_port: int, peer_port: int, pids: list[int]) -> int:
-    """Return which of ``pids`` owns the TCP socket local_port->peer_port."""
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                local, remote = fields[1], fields[2]
-                if (
-                    int(local.rsplit(":", 1)[1], 16) == local_port
-                    and int(remote.rsplit(":", 1)[1], 16) == peer_port
-                ):
-                    inode = fields[9]
-    assert inode is not None, f"no socket {local_port}->{peer_port}"
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target == f"socket:[{inode}]":
-                return pid
-    return -1
+def socket_owner(local_port: int, peer_port: int) -> int:
+    """Return the pid of the process owning the TCP socket
+    127.0.0.1:local_port -> 127.0.0.1:peer_port (-1 if none).
+
+    ``ss`` asks the kernel over netlink; /proc/net/tcp is built page by
+    page and can skip a line while other sockets come and go.
+    """
+    listing = subprocess.run(
+        ["ss", "-Htnp", f"sport = :{local_port} and dport = :{peer_port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"pid=(\d+)", listing)
+    return int(found.group(1)) if found else -1
 
 
 class Gateway:
     """The gateway app under waitress on a thread, noting who connects."""
 
-    def __init__(self, app: Callable[..., Any], owners: list[int]) -> None:
-        from waitress.server import create_server
-
-        self.port = free_port()
+    def __init__(self, app: Callable[..., Any]) -> None:
         self.requests: list[dict[str, Any]] = []
-        self._owners = owners
 
         def recording_app(environ: dict[str, Any], start: Any) -> Any:
             peer = int(environ["REMOTE_PORT"])
             self.requests.append(
                 {
-                    "peer_pid": socket_owner(peer, self.port, self._owners),
+                    "peer_pid": socket_owner(peer, self.port),
                     "bytes": int(environ.get("CONTENT_LENGTH") or 0),
                 }
             )
             return app(environ, start)
 
-        self._server = create_server(
-            recording_app, host=LOOPBACK, port=self.port, _quiet=True
-        )
+        self._server = make_server(recording_app, LOOPBACK, 0)
+        self.port: int = self._server.effective_port  # type: ignore[union-attr]
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
@@ -105,9 +92,8 @@ def gateway_key() -> GatewayKey:
 def gateway(
     gateway_key: GatewayKey, cimp: CimpReceiver, socks_proxy: Pproxy
 ) -> Iterator[Gateway]:
-    assert socks_proxy.pid is not None
     app = create_app([gateway_key], cimp.url)
-    with Gateway(app, [os.getpid(), socks_proxy.pid]) as gw:
+    with Gateway(app) as gw:
         yield gw
 
 
@@ -233,9 +219,7 @@ def test_gateway_sees_only_the_proxy_and_cimp_only_the_gateway(
     send_now(ci, store, clock)
 
     assert [r["peer_pid"] for r in gateway.requests] == [socks_proxy.pid]
-    assert f"-> localhost:{gateway.port}" in "\n".join(
-        socks_proxy.log_lines()
-    )
+    assert f"-> localhost:{gateway.port}" in "\n".join(socks_proxy.log_lines())
     # The CIMP got plain JSON, which only the gateway can produce.
     assert cimp.received == [EXPECTED_REPORT]
     assert gateway.requests[0]["bytes"] > len(str(EXPECTED_REPORT))
@@ -264,7 +248,9 @@ def test_proxy_down_fails_within_timeout_and_keeps_the_data(
     assert [v.times for v in store.visits] == [3]
     assert [e.times for e in store.events] == [2]
     store.close()
-    reopened = open_store(tmp_path, memory_keyring, nothing_listens, gateway_key)
+    reopened = open_store(
+        tmp_path, memory_keyring, nothing_listens, gateway_key
+    )
     assert [v.times for v in reopened.visits] == [3]
     reopened.close()
 

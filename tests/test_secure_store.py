@@ -15,6 +15,7 @@ from secure_store.cleaninsights.clock import FrozenClock
 from secure_store.errors import (
     ConfigurationError,
     KeyConfigError,
+    KeyMissingError,
     ProxyConfigError,
     SecureStoreError,
     StoreFileError,
@@ -108,36 +109,52 @@ def test_sealed_file_and_folder_are_private(
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
 
 
-def damaged_copies(blob: bytes) -> dict[str, bytes]:
-    flipped = {
-        f"byte {i} flipped": blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :]
-        for i in (0, 5, 8, 20, len(blob) // 2, len(blob) - 1)
-    }
+# Byte offsets in the version 1 header: magic 0-7, version 8, AEAD id 9,
+# key id 10-13, nonce 14-25; then ciphertext and the 16-byte tag.
+DAMAGE_OFFSETS = {
+    "magic": 0,
+    "version": 8,
+    "aead id": 9,
+    "key id": 12,
+    "nonce": 20,
+    "ciphertext": 40,
+    "tag": -1,
+}
+
+
+def damage(blob: bytes, how: str) -> bytes:
+    if how in DAMAGE_OFFSETS:
+        i = DAMAGE_OFFSETS[how] % len(blob)
+        return blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :]
     return {
-        **flipped,
         "truncated by one": blob[:-1],
-        "truncated to the header": blob[:24],
+        "truncated to the header": blob[:26],
         "empty": b"",
-    }
+    }[how]
 
 
-@pytest.mark.parametrize("damage", list(damaged_copies(b"x" * 64)))
+DAMAGES = [*DAMAGE_OFFSETS, "truncated by one", "truncated to the header"]
+DAMAGES += ["empty"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_file_is_refused_and_kept(
     tmp_path: Path,
     memory_keyring: MemoryKeyring,
     clock: FrozenClock,
-    damage: str,
+    how: str,
 ) -> None:
     store = open_store(tmp_path, memory_keyring)
     fill(store)
     store.close()
     path = tmp_path / "app.sstore"
-    bad = damaged_copies(path.read_bytes())[damage]
+    bad = damage(path.read_bytes(), how)
     path.write_bytes(bad)
 
     reopened = open_store(tmp_path, memory_keyring)
 
-    assert isinstance(reopened.load_error, StoreFileError)
+    # A damaged key id reads as a key this store never had.
+    assert isinstance(reopened.load_error, (StoreFileError, KeyMissingError))
     assert reopened.visits == []
     assert [q.read_bytes() for q in reopened.quarantined] == [bad]
     reopened.persist(False, lambda error: None)

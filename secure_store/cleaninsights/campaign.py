@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigurationError
 from . import clock
 from ._instants import format_instant, parse_instant, to_utc
 from .datapoints import is_number
-from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .datapoints import Event, Number
@@ -143,7 +143,9 @@ class Campaign:
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"{where.rstrip('.')} must be an object")
         if "aggregationPeriodLength" not in data:
-            raise ConfigurationError(f"{where}aggregationPeriodLength is missing")
+            raise ConfigurationError(
+                f"{where}aggregationPeriodLength is missing"
+            )
         return cls(
             data.get("start"),  # type: ignore[arg-type]  # checked inside
             data.get("end"),  # type: ignore[arg-type]
@@ -216,9 +218,7 @@ class Campaign:
         current = self.measurement_period_at(instant)
         if current is None:
             return None
-        window_start = (
-            current[1] if self.strengthen_anonymity else current[0]
-        )
+        window_start = current[1] if self.strengthen_anonymity else current[0]
         period = self.aggregation_period
         room = self.end - window_start
         whole = min(self.number_of_periods, max(room // period, 0))

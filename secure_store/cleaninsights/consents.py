@@ -1,4 +1,4 @@
-"""Consents to features and campaigns: Feature, ConsentState, Consent, Consents.
+"""Consents to features and campaigns, and the states they are in.
 
 A consent record is ``Consent(granted, start, end)``. Feature records and
 every denial have ``start == end ==`` the moment of the decision; a campaign
@@ -209,9 +209,7 @@ class Consents:
         """Record a denial unless one exists; return the feature's record."""
         record = self.features.get(feature.value)
         if record is None or record.granted:
-            record = self.features[feature.value] = self._decision(
-                False, now
-            )
+            record = self.features[feature.value] = self._decision(False, now)
         return FeatureConsent(feature, record)
 
     def consent_for_feature(self, feature: Feature) -> FeatureConsent | None:
@@ -239,9 +237,10 @@ class Consents:
         Always overwrites. When no total period can be had right now the
         record is granted with ``start == end == now`` and has no effect.
         """
-        instant = floor_ms(clock.now()) if now is None else now
-        window = campaign.total_measurement_period_at(instant)
+        moment = clock.now() if now is None else now
+        window = campaign.total_measurement_period_at(moment)
         if window is None:
+            instant = floor_ms(moment)
             record = Consent(True, instant, instant)
         else:
             record = Consent(True, window[0], window[1])
@@ -279,9 +278,7 @@ class Consents:
         """Return the consents as the store's JSON object."""
         return {
             "features": {k: v.to_dict() for k, v in self.features.items()},
-            "campaigns": {
-                k: v.to_dict() for k, v in self.campaigns.items()
-            },
+            "campaigns": {k: v.to_dict() for k, v in self.campaigns.items()},
         }
 
     @classmethod

@@ -74,7 +74,9 @@ class DataPoint:
     def __repr__(self) -> str:
         names = ", ".join(
             f"{name}={value!r}"
-            for name, value in zip(self._field_names(), self._fields())
+            for name, value in zip(
+                self._field_names(), self._fields(), strict=True
+            )
         )
         return f"{type(self).__name__}({names})"
 
@@ -266,7 +268,10 @@ class PointReader:
         if not isinstance(times, int) or isinstance(times, bool):
             # The reference reads any non-number as 1; a float count
             # (another SDK's 3.0) keeps its whole part.
-            times = int(times) if is_number(times) else 1
+            if isinstance(times, float) and math.isfinite(times):
+                times = int(times)
+            else:
+                times = 1
         first = self.instant(data.get("first"), "first")
         last = self.instant(data.get("last"), "last")
         return campaign_id, times, first, last

@@ -26,6 +26,7 @@ which could delete an unsent point of another campaign).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -158,15 +159,18 @@ def purge(store: Store, oldest: datetime) -> int:
     Returns how many were removed.
     """
     removed = 0
-    for points in (store.visits, store.events):
-        if any(p.last < oldest for p in points):
-            kept = [p for p in points if not p.last < oldest]
-            removed += len(points) - len(kept)
-            points[:] = kept  # type: ignore[index]
+    if any(v.last < oldest for v in store.visits):
+        kept_visits = [v for v in store.visits if not v.last < oldest]
+        removed += len(store.visits) - len(kept_visits)
+        store.visits[:] = kept_visits
+    if any(e.last < oldest for e in store.events):
+        kept_events = [e for e in store.events if not e.last < oldest]
+        removed += len(store.events) - len(kept_events)
+        store.events[:] = kept_events
     return removed
 
 
-def _seconds_cache() -> Any:
+def _seconds_cache() -> Callable[[datetime], int]:
     cache: dict[datetime, int] = {}
 
     def seconds(instant: datetime) -> int:

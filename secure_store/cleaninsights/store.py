@@ -24,6 +24,7 @@ uses no proxy: it is the compatibility and benchmark baseline, and
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import os
@@ -122,7 +123,8 @@ class Store(abc.ABC):
 
         ``done(None)`` only when the server answered 200 or 204; otherwise
         ``done(error)`` where an HTTP failure's message starts with
-        ``HTTP Error <status>: `` (see :class:`~secure_store.errors.SendError`).
+        ``HTTP Error <status>: `` (see
+        :class:`~secure_store.errors.SendError`).
         """
 
     # -- helpers ---------------------------------------------------------
@@ -414,10 +416,8 @@ def write_atomically(path: Path, content: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_folder(folder)
 

@@ -7,13 +7,14 @@ import os
 import threading
 from pathlib import Path
 
+from jaraco.classes import properties
 from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
 
 FILE_MODE = 0o600
 
 
-class TemporaryFolderKeyring(KeyringBackend):
+class DemoPlaintextKeyring(KeyringBackend):
     """Keeps passwords in a JSON file, in plaintext: for the demo only.
 
     ``secure-store demo`` uses it on machines with no working OS keyring and
@@ -24,14 +25,12 @@ class TemporaryFolderKeyring(KeyringBackend):
     # keyring collects every subclass as a candidate backend: a priority
     # that raises makes this one non-viable, so it is never picked on its
     # own, only when passed in explicitly.
-    @classmethod
-    def _never_automatic(cls) -> float:
+    @properties.classproperty
+    def priority(cls) -> float:
         raise RuntimeError("demo backend; only used when passed explicitly")
 
-    priority = property(_never_automatic)  # type: ignore[assignment]
-
     def __init__(self, folder: Path) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._path = folder / "demo-keyring.json"
         self._lock = threading.Lock()
 

@@ -25,7 +25,7 @@ from ..errors import SecureStoreError
 from ..secure_store import SecureStore
 from ..storage.keys import KEYRING_SERVICE, KeyringKeysets
 from ..transport import envelope
-from .keyring_backend import TemporaryFolderKeyring
+from .keyring_backend import DemoPlaintextKeyring
 from .receiver import CimpReceiver
 from .socks import LOOPBACK, Pproxy, free_port, wait_for_port
 
@@ -136,19 +136,17 @@ def pick_keyring(folder: Path) -> tuple[keyring.backend.KeyringBackend, bool]:
         return keyring.get_keyring(), False
     except SecureStoreError as exc:
         log.debug("OS keyring not usable for the demo: %s", exc)
-        return TemporaryFolderKeyring(folder), True
+        return DemoPlaintextKeyring(folder), True
 
 
 class _Gateway:
     """The gateway app under waitress on a background thread."""
 
     def __init__(self, app: Callable[..., Any]) -> None:
-        from waitress.server import create_server
+        from ..gateway import make_server
 
-        self.port = free_port()
-        self._server = create_server(
-            app, host=LOOPBACK, port=self.port, threads=4, _quiet=True
-        )
+        self._server = make_server(app, LOOPBACK, 0, threads=4)
+        self.port: int = self._server.effective_port  # type: ignore[union-attr]
         self._thread = threading.Thread(
             target=self._server.run, name="gateway", daemon=True
         )
@@ -178,9 +176,13 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     with contextlib.ExitStack() as cleanup, use_clock(clock):
         cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
 
-        with steps.step("Start a CIMP receiver, the gateway and a SOCKS5 proxy"):
+        with steps.step(
+            "Start a CIMP receiver, the gateway and a SOCKS5 proxy"
+        ):
             cimp = cleanup.enter_context(CimpReceiver())
-            gateway_key = envelope.GatewayKey.generate(envelope.Suite.PQ_HYBRID)
+            gateway_key = envelope.GatewayKey.generate(
+                envelope.Suite.PQ_HYBRID
+            )
             app = create_app(
                 [gateway_key],
                 cimp.url,
@@ -192,9 +194,13 @@ def run_demo(out: TextIO = sys.stdout) -> int:
             key_config = gateway_key.key_config().to_base64()
             gateway_url = f"http://localhost:{gateway.port}/"
             steps.say(f"CIMP receiver  {cimp.url}")
-            steps.say(f"gateway        {gateway_url} (hybrid ML-KEM-768+X25519)")
+            steps.say(
+                f"gateway        {gateway_url} (hybrid ML-KEM-768+X25519)"
+            )
             steps.say(f"SOCKS5 proxy   {proxy.url.split('@')[-1]} (pproxy)")
-            steps.say(f"key config     {key_config[:32]}... ({len(key_config)} chars)")
+            steps.say(
+                f"key config     {key_config[:32]}... ({len(key_config)} chars)"
+            )
 
         with steps.step("Open a SecureStore"):
             keyring_backend, demo_only = pick_keyring(folder)
@@ -243,7 +249,9 @@ def run_demo(out: TextIO = sys.stdout) -> int:
                     ci.measure_visit(path, CAMPAIGN_ID)
             for category, action, name, values in EVENTS:
                 for value in values:
-                    ci.measure_event(category, action, CAMPAIGN_ID, name, value)
+                    ci.measure_event(
+                        category, action, CAMPAIGN_ID, name, value
+                    )
             steps.say(
                 f"{sum(t for _, t in VISITS)} visits, "
                 f"{sum(len(v) for *_, v in EVENTS)} events measured"
@@ -253,8 +261,10 @@ def run_demo(out: TextIO = sys.stdout) -> int:
             ci.persist()
             blob = store_path.read_bytes()
             leaks = find_plaintext(blob, secret_words())
-            steps.say(f"{store_path.name}: {len(blob)} bytes, mode "
-                      f"{store_path.stat().st_mode & 0o777:o}")
+            steps.say(
+                f"{store_path.name}: {len(blob)} bytes, mode "
+                f"{store_path.stat().st_mode & 0o777:o}"
+            )
             steps.say(f"first bytes: {blob[:24].hex(' ')}")
             if leaks:
                 out.write(f"FAIL: the sealed file shows {leaks}\n")

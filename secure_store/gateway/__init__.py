@@ -1,7 +1,9 @@
 """The operator's gateway: opens sealed reports and forwards them to a CIMP.
 
-Run it with ``secure-store gateway serve`` (waitress) or hand
-``create_app(...)`` to any WSGI server, for example gunicorn.
+Run it with ``secure-store gateway serve`` (waitress), or under any WSGI
+server: ``create_app(...)`` builds the app from Python objects and
+``app_from_env()`` from environment variables, for example
+``gunicorn 'secure_store.gateway:app_from_env()'``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from secure_store.gateway.app import (
     RETRY_AFTER_S,
     UPSTREAM_TIMEOUT_S,
     GatewayApp,
+    app_from_env,
     create_app,
     load_cimp_schema,
     load_keys,
@@ -45,6 +48,7 @@ __all__ = [
     "RedisReplayCache",
     "ReplayCache",
     "SQLiteReplayCache",
+    "app_from_env",
     "create_app",
     "default_replay_cache_path",
     "load_cimp_schema",

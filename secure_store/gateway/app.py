@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -38,7 +38,6 @@ from secure_store.transport.envelope import (
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
     from waitress.server import BaseWSGIServer, MultiSocketServer
 
 logger = logging.getLogger(__name__)
@@ -152,6 +151,30 @@ def load_cimp_schema() -> dict[str, Any]:
     return schema
 
 
+def _inline_local_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return ``schema`` with each ``#/$defs/...`` reference replaced by
+    the definition it names (the shipped schema has no cycles)."""
+    definitions = schema.get("$defs", {})
+    prefix = "#/$defs/"
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith(prefix):
+                return inline(definitions[reference[len(prefix) :]])
+            return {
+                name: inline(value)
+                for name, value in node.items()
+                if name != "$defs"
+            }
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
+
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Two parsers may pick different values for a repeated key; refusing
     # them means upstream sees exactly what was checked.
@@ -204,7 +227,11 @@ class GatewayApp:
             if in_flight_wait_s is None
             else in_flight_wait_s
         )
-        self._validator = Draft202012Validator(load_cimp_schema())
+        # jsonschema resolves "$ref" on every use; validating against the
+        # same schema with its local references inlined takes half as long.
+        self._validator = Draft202012Validator(
+            _inline_local_refs(load_cimp_schema())
+        )
         self._key_config_body = self._build_key_config_body()
         self._sessions = threading.local()
 
@@ -635,6 +662,40 @@ def create_app(
     )
 
 
+ENV_PREFIX = "SECURE_STORE_GATEWAY_"
+
+
+def app_from_env(environ: Mapping[str, str] | None = None) -> GatewayApp:
+    """Build the app from ``SECURE_STORE_GATEWAY_*`` environment variables.
+
+    For WSGI servers that take an app factory on their command line, such
+    as ``gunicorn 'secure_store.gateway:app_from_env()'``. ``UPSTREAM``
+    (the CIMP URL) is required; ``KEY_DIR`` and ``KEY_FILES`` (separated
+    by ``os.pathsep``) name the keys; ``REPLAY_CACHE`` and
+    ``MAX_BODY_BYTES`` are optional, as on the command line. Raises
+    :class:`GatewayError` naming a missing or malformed variable.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        return env.get(ENV_PREFIX + name) or None
+
+    upstream = get("UPSTREAM")
+    if upstream is None:
+        raise GatewayError(f"set {ENV_PREFIX}UPSTREAM to the CIMP URL")
+    key_files = (get("KEY_FILES") or "").split(os.pathsep)
+    keys = load_keys(key_files=filter(None, key_files), key_dir=get("KEY_DIR"))
+    limit = get("MAX_BODY_BYTES") or str(MAX_BODY_BYTES)
+    if not limit.isdigit():
+        raise GatewayError(f"{ENV_PREFIX}MAX_BODY_BYTES must be a number")
+    return create_app(
+        keys,
+        upstream,
+        replay_cache=open_replay_cache(get("REPLAY_CACHE")),
+        max_body_bytes=int(limit),
+    )
+
+
 # -- keys -------------------------------------------------------------------
 
 KEY_FILE_SUFFIX = ".json"
@@ -670,8 +731,7 @@ def load_keys(
         key = _load_key(path)
         if key.key_id in seen:
             raise GatewayError(
-                f"{path} and {seen[key.key_id]} both hold key id "
-                f"{key.key_id}"
+                f"{path} and {seen[key.key_id]} both hold key id {key.key_id}"
             )
         seen[key.key_id] = path
         keys.append(key)
@@ -751,5 +811,3 @@ def serve(
         pass
     finally:
         server.close()
-
-

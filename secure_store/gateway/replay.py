@@ -194,24 +194,36 @@ class SQLiteReplayCache:
         self.retention_s = _check_retention(retention_s)
         self._lock = threading.Lock()
         self._next_purge_s = 0.0
+        self._db, self._pid = self._connect(), os.getpid()
+
+    def _connect(self) -> sqlite3.Connection:
         try:
             self._create_private_file()
             # One connection guarded by a lock: each statement takes
             # microseconds, and sqlite3 objects must not be used by two
             # threads at once.
-            self._db = sqlite3.connect(
+            db = sqlite3.connect(
                 self.path,
                 timeout=SQLITE_BUSY_TIMEOUT_S,
                 isolation_level=None,
                 check_same_thread=False,
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SQLITE_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SQLITE_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ReplayCacheError(
                 f"cannot open the replay cache {self.path}: {exc}"
             ) from exc
+        return db
+
+    def _connection(self) -> sqlite3.Connection:
+        # Called with the lock held. A connection must not cross fork()
+        # (gunicorn --preload builds the app before forking workers):
+        # each process opens its own.
+        if self._pid != os.getpid():
+            self._db, self._pid = self._connect(), os.getpid()
+        return self._db
 
     def _create_private_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,30 +236,31 @@ class SQLiteReplayCache:
         token = _new_token()
         with self._lock:
             try:
-                self._maybe_purge(now)
-                self._db.execute("BEGIN IMMEDIATE")
+                db = self._connection()
+                self._maybe_purge(db, now)
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    row = self._db.execute(
+                    row = db.execute(
                         "SELECT forwarded, valid_until FROM report_ids"
                         " WHERE report_id = ?",
                         (report_id,),
                     ).fetchone()
                     if row is not None and row[1] > now:
-                        self._db.execute("COMMIT")
+                        db.execute("COMMIT")
                         status = (
                             ClaimStatus.FORWARDED
                             if row[0]
                             else ClaimStatus.IN_FLIGHT
                         )
                         return Claim(report_id, status)
-                    self._db.execute(
+                    db.execute(
                         "INSERT OR REPLACE INTO report_ids"
                         " VALUES (?, 0, ?, ?)",
                         (report_id, token, now + lease_s),
                     )
-                    self._db.execute("COMMIT")
+                    db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise ReplayCacheError(
@@ -279,21 +292,19 @@ class SQLiteReplayCache:
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         with self._lock:
             try:
-                self._db.execute(sql, params)
+                self._connection().execute(sql, params)
             except sqlite3.Error as exc:
                 raise ReplayCacheError(
                     f"replay cache {self.path}: {exc}"
                 ) from exc
 
-    def _maybe_purge(self, now: float) -> None:
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
         # Called with the lock held. Expired rows are harmless (claim
         # ignores them); sweeping only keeps the file small.
         if now < self._next_purge_s:
             return
         self._next_purge_s = now + PURGE_INTERVAL_S
-        self._db.execute(
-            "DELETE FROM report_ids WHERE valid_until <= ?", (now,)
-        )
+        db.execute("DELETE FROM report_ids WHERE valid_until <= ?", (now,))
 
 
 # Each script runs atomically inside Redis. Values are

@@ -17,6 +17,7 @@ from secure_store.storage.sealed_file import (
     open_sealed,
     open_store,
     seal,
+    write_store,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "open_store",
     "rotate",
     "seal",
+    "write_store",
 ]

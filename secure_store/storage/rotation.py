@@ -138,7 +138,8 @@ def rotate(
         final = target.retain_only([target.primary_id])
         if final.key_ids != target.key_ids:
             keysets.save(store_name, final)
-    dropped = tuple(sorted(set(before) | set(target.keys) - set(final.keys)))
+    kept = set(final.keys)
+    dropped = tuple(sorted((set(before) | set(target.keys)) - kept))
     result = RotationResult(
         store_name=store_name,
         path=sealed.path,

@@ -494,3 +494,27 @@ def open_store(sealed: SealedFile, keysets: KeyringKeysets) -> OpenedStore:
             moved = sealed.quarantine(str(exc))
             return OpenedStore(keyset, None, moved, str(exc))
         return OpenedStore(keyset, plaintext)
+
+
+def write_store(
+    sealed: SealedFile, keysets: KeyringKeysets, plaintext: bytes
+) -> Keyset:
+    """Seal ``plaintext`` under the keyring's current primary key.
+
+    The keyset is read from the keyring under the write lock, so a
+    rotation done meanwhile by another process (``secure-store
+    rotate-key``) is followed, never undone. Raises KeyMissingError, and
+    writes nothing, when the keyring no longer holds a keyset for the
+    store: a file sealed under a key nobody keeps would be lost. Returns
+    the keyset used.
+    """
+    with sealed.locked():
+        keyset = keysets.load(sealed.store_name)
+        if keyset is None:
+            raise KeyMissingError(
+                f"the keyring no longer holds a keyset for store "
+                f"{sealed.store_name!r}; not writing a file that nothing "
+                "could open"
+            )
+        sealed.write(plaintext, keyset)
+    return keyset

@@ -431,7 +431,7 @@ class KeyConfig:
         is read as one; any other string is decoded as base64.
         """
         if isinstance(value, os.PathLike) or (
-            isinstance(value, str) and value and Path(value).is_file()
+            isinstance(value, str) and value and _names_a_file(value)
         ):
             path = Path(value)
             try:
@@ -448,7 +448,16 @@ class KeyConfig:
             raise KeyConfigError(
                 f"a key config is base64 text or a path, not {value!r}"
             )
-        return cls.from_base64(value)
+        try:
+            return cls.from_base64(value)
+        except KeyConfigError as exc:
+            if "." in value or "/" in value or "\\" in value:
+                # Base64 never holds a dot, so this was probably a path.
+                raise KeyConfigError(
+                    f"key config {value!r} is neither an existing file nor "
+                    f"valid base64: {exc}"
+                ) from exc
+            raise
 
 
 # -- gateway keys ------------------------------------------------------------
@@ -855,3 +864,12 @@ def open_envelope(
         ) from exc
     report_id, payload = _unpad(padded)
     return OpenedReport(report_id, payload, key.key_id)
+
+
+def _names_a_file(value: str) -> bool:
+    """Tell whether ``value`` names an existing file (base64 text, being
+    longer than a file name may be, names none)."""
+    try:
+        return Path(value).is_file()
+    except OSError:
+        return False

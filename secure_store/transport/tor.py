@@ -78,7 +78,7 @@ class ProxyReport:
     problems: tuple[str, ...] = field(default=())
 
     @property
-    def ready(self) -> bool:
+    def ok(self) -> bool:
         """Reachable, not known to be anything but Tor, bootstrapped if
         known, and the target (if any) answered."""
         return (
@@ -90,13 +90,13 @@ class ProxyReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field, plus ``ready``."""
+        """A JSON-ready dict of every field, plus ``ok``."""
         out = asdict(self)
         out["problems"] = list(self.problems)
-        out["ready"] = self.ready
+        out["ok"] = self.ok
         return out
 
-    def format_text(self) -> str:
+    def describe(self) -> str:
         """A few aligned lines for the command line."""
 
         def yes_no(value: bool | None) -> str:
@@ -136,7 +136,7 @@ class ProxyReport:
                 )
             lines.append(f"target     {self.target_url} -> {answer}")
         lines.extend(f"problem    {problem}" for problem in self.problems)
-        lines.append(f"ready      {yes_no(self.ready)}")
+        lines.append(f"ok         {yes_no(self.ok)}")
         return "\n".join(lines)
 
 
@@ -201,7 +201,7 @@ def check_proxy(
 
     >>> report = check_proxy("socks5h://127.0.0.1:9050",
     ...                      control_port=9051)  # doctest: +SKIP
-    >>> print(report.format_text())  # doctest: +SKIP
+    >>> print(report.describe())  # doctest: +SKIP
     """
     address = _parse_socks_url(proxy_url)
     connect_ms, handshake_ms, method = _socks_handshake(address, timeout_s)

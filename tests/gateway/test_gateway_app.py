@@ -7,23 +7,12 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-
-from secure_store.errors import ReplayCacheError
-from secure_store.gateway import (
-    KEY_CONFIG_PATH,
-    Claim,
-    GatewayApp,
-    MemoryReplayCache,
-    SQLiteReplayCache,
-    create_app,
-)
-from secure_store.transport.envelope import GatewayKey, Suite
-
-from conftest import (  # type: ignore[import-not-found]
+from gateway_helpers import (
     CIMP_BODY,
     CIMP_REPORT,
     OTHER_REPORT_ID,
@@ -32,6 +21,18 @@ from conftest import (  # type: ignore[import-not-found]
     call_app,
     seal_report,
 )
+
+from secure_store.errors import ReplayCacheError
+from secure_store.gateway import (
+    KEY_CONFIG_PATH,
+    Claim,
+    GatewayApp,
+    MemoryReplayCache,
+    SQLiteReplayCache,
+    app_from_env,
+    create_app,
+)
+from secure_store.transport.envelope import GatewayKey, Suite
 
 
 @pytest.fixture
@@ -241,6 +242,7 @@ def test_upstream_timeout_is_answered_503_and_the_retry_is_forwarded(
     assert first.headers["Retry-After"] == "17"
     assert first.json()["error"] == "upstream-unavailable"
     assert retry.status_code == 204
+    assert len(upstream.requests) == 2
 
 
 def test_refused_upstream_is_answered_503_with_retry_after(
@@ -300,7 +302,11 @@ def test_a_body_over_the_limit_is_answered_413_from_content_length(
         "wsgi.input": Unreadable(),
     }
     started: list[str] = []
-    body = b"".join(app(environ, lambda s, h: started.append(s)))
+
+    def start_response(status: str, headers: Any, *_: Any) -> Any:
+        started.append(status)
+
+    body = b"".join(app(environ, start_response))
 
     assert started == ["413 Content Too Large"]
     assert json.loads(body)["max_body_bytes"] == 1000
@@ -472,7 +478,7 @@ def test_an_event_with_a_string_value_is_answered_400(
 
     assert answer.status == 400
     assert answer.json()["message"].startswith(
-        'the payload is not a CIMP report: $.events[0].value fails type'
+        "the payload is not a CIMP report: $.events[0].value fails type"
     )
 
 
@@ -529,7 +535,9 @@ def test_envelopes_to_old_and_new_key_both_open_while_both_are_loaded(
 ) -> None:
     old = GatewayKey.generate(Suite.X25519, key_id=1)
     new = GatewayKey.generate(Suite.PQ_HYBRID, key_id=2)
-    app = create_app([old, new], upstream.url, replay_cache=MemoryReplayCache())
+    app = create_app(
+        [old, new], upstream.url, replay_cache=MemoryReplayCache()
+    )
 
     to_old = call_app(app, seal_report(old, report_id=REPORT_ID))
     to_new = call_app(app, seal_report(new, report_id=OTHER_REPORT_ID))
@@ -699,3 +707,36 @@ def test_a_refused_payload_is_logged_without_its_content(
     everything = "\n".join(r.getMessage() for r in caplog.records)
     assert "not-cimp" in everything
     assert "Main/Settings" not in everything
+
+
+# -- building from the environment ----------------------------------------
+
+
+def test_app_from_env_loads_keys_upstream_and_replay_cache(
+    tmp_path: Path, upstream: Upstream, x25519_key: GatewayKey
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    x25519_key.save(keys / "current.json")
+    app = app_from_env(
+        {
+            "SECURE_STORE_GATEWAY_UPSTREAM": upstream.url,
+            "SECURE_STORE_GATEWAY_KEY_DIR": str(keys),
+            "SECURE_STORE_GATEWAY_REPLAY_CACHE": str(tmp_path / "r.sqlite3"),
+            "SECURE_STORE_GATEWAY_MAX_BODY_BYTES": "4096",
+        }
+    )
+
+    answer = call_app(app, seal_report(x25519_key))
+
+    assert answer.status == 204
+    assert app.max_body_bytes == 4096
+    assert (tmp_path / "r.sqlite3").exists()
+    app.close()
+
+
+def test_app_from_env_without_upstream_names_the_variable() -> None:
+    from secure_store.errors import GatewayError
+
+    with pytest.raises(GatewayError, match="SECURE_STORE_GATEWAY_UPSTREAM"):
+        app_from_env({})

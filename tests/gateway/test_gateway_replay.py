@@ -174,7 +174,9 @@ def test_sixteen_connections_to_one_file_grant_one_lease(
     for cache in caches:
         cache.close()
 
-    assert sorted(s.value for s in statuses) == ["claimed"] + ["in-flight"] * 15
+    assert (
+        sorted(s.value for s in statuses) == ["claimed"] + ["in-flight"] * 15
+    )
 
 
 def test_a_forwarded_id_survives_reopening_the_file(

@@ -14,6 +14,9 @@ except ImportError:
     from tornet import LoneTor, TorNetwork  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
+# stem logs every closed control socket at INFO; a failure's report
+# would drown in them.
+logging.getLogger("stem").setLevel(logging.WARNING)
 
 
 def _require_tor() -> None:
@@ -54,3 +57,10 @@ def lone_tor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneTor]:
         yield tor
     finally:
         tor.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # stem 1.8 still calls Thread.setDaemon(); nothing we can change.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:setDaemon:DeprecationWarning:stem.*"
+    )

@@ -37,7 +37,9 @@ class MemoryKeyring(KeyringBackend):
         try:
             del self.entries[(service, username)]
         except KeyError:
-            raise keyring.errors.PasswordDeleteError("No such password!")
+            raise keyring.errors.PasswordDeleteError(
+                "No such password!"
+            ) from None
 
 
 class PlaintextKeyring(MemoryKeyring):
@@ -113,7 +115,9 @@ class FileKeyring(KeyringBackend):
     def delete_password(self, service: str, username: str) -> None:
         entries = self._read()
         if entries.pop(f"{service}\n{username}", None) is None:
-            raise keyring.errors.PasswordDeleteError("No such password!")
+            raise keyring.errors.PasswordDeleteError(
+                "No such password!"
+            ) from None
         self._write(entries)
 
 

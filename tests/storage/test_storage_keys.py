@@ -177,7 +177,7 @@ def test_load_of_a_damaged_entry_raises_key_missing() -> None:
     backend = MemoryKeyring()
     backend.entries[("secure-store", "shop-app")] = "{garbage"
 
-    with pytest.raises(KeyMissingError, match="'shop-app'.*damaged"):
+    with pytest.raises(KeyMissingError, match=r"'shop-app'.*damaged"):
         KeyringKeysets(backend=backend).load("shop-app")
 
 
@@ -363,7 +363,7 @@ def test_a_hanging_keyring_raises_locked_at_the_deadline() -> None:
     keysets = KeyringKeysets(backend=backend, timeout_s=0.2)
 
     started = time.monotonic()
-    with pytest.raises(KeyringLockedError, match="within 0.2 s"):
+    with pytest.raises(KeyringLockedError, match=r"within 0\.2 s"):
         keysets.load("s")
     elapsed = time.monotonic() - started
 

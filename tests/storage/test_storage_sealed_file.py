@@ -218,7 +218,7 @@ def test_a_key_id_missing_from_the_keyset_is_a_missing_key(
 def test_errors_name_the_file(sealed: SealedFile) -> None:
     written(sealed)
 
-    with pytest.raises(KeyMissingError, match="app.sealed"):
+    with pytest.raises(KeyMissingError, match=r"app\.sealed"):
         sealed.read(OTHER_KEYSET)
 
 
@@ -382,7 +382,7 @@ def test_a_second_writer_gets_store_locked_after_the_timeout(
 ) -> None:
     holder = SealedFile(store_path, "app")
 
-    with holder.locked(), pytest.raises(StoreLockedError, match="0.3 s"):
+    with holder.locked(), pytest.raises(StoreLockedError, match=r"0\.3 s"):
         sealed.write(PLAINTEXT, KEYSET)
 
 

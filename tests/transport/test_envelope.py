@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hpke
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secure_store.errors import EnvelopeError, KeyConfigError
 from secure_store.transport.envelope import (
@@ -628,3 +630,22 @@ def test_two_keys_with_one_id_are_refused() -> None:
 
     with pytest.raises(KeyConfigError, match="share key id 5"):
         key_ring(keys)
+
+
+def test_key_config_path_that_does_not_exist_says_so() -> None:
+    with pytest.raises(KeyConfigError, match="neither an existing file"):
+        KeyConfig.load("./missing/gateway.keyconfig")
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(max_size=70_000))
+def test_any_payload_round_trips_in_its_bucket(payload: bytes) -> None:
+    key = _HYPOTHESIS_KEY
+
+    envelope = seal(key.key_config(), REPORT_ID, payload)
+
+    assert open_envelope(envelope, [key]).payload == payload
+    assert len(envelope) == 11 + 32 + padded_size(len(payload)) + 16
+
+
+_HYPOTHESIS_KEY = GatewayKey.generate(Suite.X25519, key_id=11)

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of secure-store, each against a baseline."""
