@@ -28,7 +28,7 @@ from .errors import (
     StorageError,
     StoreFileError,
 )
-from .storage.keys import Keyset, KeyringKeysets
+from .storage.keys import KeyringKeysets, Keyset
 from .storage.sealed_file import SealedFile
 from .transport import envelope
 from .transport.proxy import (
@@ -329,7 +329,7 @@ class SecureStore(Store):
             done,
         )
 
-    # -- persistence of our own state -----------------------------------------
+    # -- persistence of our own state --------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """Return the store JSON, with the pending report if there is one."""
@@ -362,7 +362,7 @@ class SecureStore(Store):
     ) -> None:
         self.close()
 
-    # -- internals -------------------------------------------------------------
+    # -- internals ----------------------------------------------------------
 
     def _load(self) -> dict[str, Any] | None:
         self._file.remove_leftovers()

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: keyrings, clocks and real loopback servers."""
+"""Fixtures shared by all tests: keyrings, clocks, real loopback servers."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ gateway -> CIMP, every hop a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys

@@ -27,7 +27,7 @@ from ..storage.keys import KEYRING_SERVICE, KeyringKeysets
 from ..transport import envelope
 from .keyring_backend import DemoPlaintextKeyring
 from .receiver import CimpReceiver
-from .socks import LOOPBACK, Pproxy, free_port, wait_for_port
+from .socks import LOOPBACK, Pproxy, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,8 @@ def run_demo(out: TextIO = sys.stdout) -> int:
             )
             steps.say(f"SOCKS5 proxy   {proxy.url.split('@')[-1]} (pproxy)")
             steps.say(
-                f"key config     {key_config[:32]}... ({len(key_config)} chars)"
+                f"key config     {key_config[:32]}... "
+                f"({len(key_config)} chars)"
             )
 
         with steps.step("Open a SecureStore"):

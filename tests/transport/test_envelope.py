@@ -562,14 +562,16 @@ def test_hybrid_key_file_holds_64_byte_seed_and_raw_x25519(
 
 
 def test_saving_over_an_existing_key_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "gateway.key"
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    path = folder / "gateway.key"
     first = GatewayKey.generate(Suite.X25519, key_id=1)
     first.save(path)
 
     with pytest.raises(KeyConfigError, match="already exists"):
         GatewayKey.generate(Suite.X25519, key_id=2).save(path)
     assert GatewayKey.load(path).key_config() == first.key_config()
-    assert [p.name for p in tmp_path.iterdir()] == ["gateway.key"]
+    assert [p.name for p in folder.iterdir()] == ["gateway.key"]
 
 
 def test_saving_with_overwrite_replaces_the_key(tmp_path: Path) -> None:
