@@ -146,7 +146,7 @@ class _Gateway:
         from ..gateway import make_server
 
         self._server = make_server(app, LOOPBACK, 0, threads=4)
-        self.port: int = self._server.effective_port  # type: ignore[union-attr]
+        self.port: int = self._server.effective_port
         self._thread = threading.Thread(
             target=self._server.run, name="gateway", daemon=True
         )
