@@ -64,8 +64,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.upstream,
         replay_cache=open_replay_cache(args.replay_cache),
         max_body_bytes=args.max_body_bytes,
+        upstream_timeout_s=args.upstream_timeout,
     )
-    serve(app, host, int(port), threads=args.threads)
+    logging.getLogger("secure_store.gateway").setLevel(logging.INFO)
+    serve(
+        app,
+        host,
+        int(port),
+        threads=args.threads,
+        ready=lambda h, p: print(f"gateway listening on http://{h}:{p}/"),
+    )
     return EXIT_OK
 
 
@@ -159,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
     serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument(
+        "--upstream-timeout", type=float, default=10.0, help="seconds"
+    )
     serve.set_defaults(run=_cmd_serve)
 
     for name, run, text in (
@@ -199,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         status: int = args.run(args)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,9 +18,11 @@ from conftest import MemoryKeyring, wait_for
 from secure_store import CleanInsights, SecureStore
 from secure_store.cleaninsights.clock import FrozenClock
 from secure_store.demo.receiver import CimpReceiver
-from secure_store.demo.socks import LOOPBACK, Pproxy, free_port, wait_for_port
+from secure_store.demo.runner import WaitressThread
+from secure_store.demo.socks import LOOPBACK, Pproxy, free_port
 from secure_store.errors import SendError
-from secure_store.gateway import create_app, make_server
+from secure_store.gateway import create_app
+from secure_store.gateway.replay import SQLiteReplayCache
 from secure_store.transport.envelope import GatewayKey, Suite
 
 CAMPAIGN = "weekly-screens"
@@ -47,8 +48,8 @@ def socket_owner(local_port: int, peer_port: int) -> int:
     return int(found.group(1)) if found else -1
 
 
-class Gateway:
-    """The gateway app under waitress on a thread, noting who connects."""
+class Gateway(WaitressThread):
+    """The gateway app under waitress, noting who connects to it."""
 
     def __init__(self, app: Callable[..., Any]) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -63,23 +64,12 @@ class Gateway:
             )
             return app(environ, start)
 
-        self._server = make_server(recording_app, LOOPBACK, 0)
-        self.port: int = self._server.effective_port  # type: ignore[union-attr]
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(recording_app)
 
     @property
     def url(self) -> str:
         # A name, not an address: only the proxy may resolve it.
         return f"http://localhost:{self.port}/"
-
-    def __enter__(self) -> Gateway:
-        self._thread.start()
-        assert wait_for_port(self.port, 5.0)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.close()
-        self._thread.join(5.0)
 
 
 @pytest.fixture
@@ -89,9 +79,13 @@ def gateway_key() -> GatewayKey:
 
 @pytest.fixture
 def gateway(
-    gateway_key: GatewayKey, cimp: CimpReceiver, socks_proxy: Pproxy
+    tmp_path: Path,
+    gateway_key: GatewayKey,
+    cimp: CimpReceiver,
+    socks_proxy: Pproxy,
 ) -> Iterator[Gateway]:
-    app = create_app([gateway_key], cimp.url)
+    cache = SQLiteReplayCache(tmp_path / "replay.sqlite3")
+    app = create_app([gateway_key], cimp.url, replay_cache=cache)
     with Gateway(app) as gw:
         yield gw
 

@@ -131,6 +131,7 @@ class Campaign:
         self.only_record_once: bool = only_record_once
         self.event_aggregation_rule = rule
         self.strengthen_anonymity: bool = strengthen_anonymity
+        self._last_period: tuple[int, Period] | None = None
 
     @classmethod
     def from_dict(
@@ -200,11 +201,17 @@ class Campaign:
             return None
         period = self.aggregation_period
         k = (instant - self.start) // period
+        cached = self._last_period
+        if cached is not None and cached[0] == k:
+            return cached[1]
         period_start = self.start + k * period
         try:
             period_end = min(period_start + period, self.end)
         except OverflowError:
             period_end = self.end
+        # Points of one period then share these datetime objects, which
+        # makes hashing and formatting them for the store's JSON cheap.
+        self._last_period = (k, (period_start, period_end))
         return period_start, period_end
 
     def total_measurement_period_at(self, instant: datetime) -> Period | None:

@@ -50,7 +50,9 @@ from .datapoints import (
     Event,
     PointReader,
     Visit,
+    events_json_text,
     events_to_json,
+    visits_json_text,
     visits_to_json,
 )
 
@@ -139,16 +141,51 @@ class Store(abc.ABC):
                 logger.exception("debug callback raised")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the store as its persisted JSON-shaped dict."""
-        return {
+        """Return the store as its persisted JSON-shaped dict.
+
+        The keys are ``consents``, ``visits``, ``events`` and then those of
+        :meth:`extra_fields`.
+        """
+        data = {
             "consents": self.consents.to_dict(),
             "visits": visits_to_json(self.visits),
             "events": events_to_json(self.events),
         }
+        data.update(self.extra_fields())
+        return data
+
+    def extra_fields(self) -> dict[str, Any]:
+        """Return more top-level keys a subclass keeps in the store JSON.
+
+        None by default. Other SDKs ignore unknown keys, and so does
+        this base class when loading; a subclass reads its own in
+        :meth:`load`.
+        """
+        return {}
 
     def to_json(self) -> str:
-        """Return :meth:`to_dict` as compact JSON text (encode as UTF-8)."""
-        return dumps_compact(self.to_dict())
+        """Return :meth:`to_dict` as compact JSON text (encode as UTF-8).
+
+        Equal to ``json.dumps(self.to_dict(), separators=(",", ":"),
+        ensure_ascii=False)``. Unless a subclass overrides :meth:`to_dict`
+        (add keys through :meth:`extra_fields` instead), the text is
+        written without building the per-point dicts, which is about
+        twice as fast for large stores.
+        """
+        if type(self).to_dict is not Store.to_dict:
+            return dumps_compact(self.to_dict())
+        text = (
+            '{"consents":'
+            + dumps_compact(self.consents.to_dict())
+            + ',"visits":'
+            + visits_json_text(self.visits)
+            + ',"events":'
+            + events_json_text(self.events)
+        )
+        extra = self.extra_fields()
+        if extra:
+            text += "," + dumps_compact(extra)[1:-1]
+        return text + "}"
 
     def _adopt(self, data: Mapping[str, Any]) -> None:
         if not isinstance(data, Mapping):

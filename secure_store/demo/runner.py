@@ -40,6 +40,8 @@ DEMO_NOW = CAMPAIGN_START + timedelta(days=2, hours=10)
 SEND_TIMEOUT_S = 10
 DELIVERY_WAIT_S = 30.0
 GATEWAY_START_TIMEOUT_S = 10.0
+GATEWAY_STOP_TIMEOUT_S = 5.0
+LOOP_TURN_S = 0.02
 
 # What the app measures in the demo: (scene path, times) and
 # (category, action, name, values).
@@ -139,27 +141,50 @@ def pick_keyring(folder: Path) -> tuple[keyring.backend.KeyringBackend, bool]:
         return DemoPlaintextKeyring(folder), True
 
 
-class _Gateway:
-    """The gateway app under waitress on a background thread."""
+class WaitressThread:
+    """A WSGI app under waitress on a background thread of this process.
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    waitress's own ``run()`` cannot be stopped cleanly from another thread,
+    so this runs its loop in short turns and checks a stop flag between.
+    """
+
+    def __init__(self, app: Callable[..., Any], threads: int = 4) -> None:
         from ..gateway import make_server
 
-        self._server = make_server(app, LOOPBACK, 0, threads=4)
+        self._server: Any = make_server(app, LOOPBACK, 0, threads=threads)
         self.port: int = self._server.effective_port
+        self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._server.run, name="gateway", daemon=True
+            target=self._run, name="waitress", daemon=True
         )
 
-    def start(self) -> _Gateway:
+    def _run(self) -> None:
+        from waitress import wasyncore
+
+        while not self._stop.is_set():
+            wasyncore.loop(timeout=LOOP_TURN_S, map=self._server._map, count=1)
+
+    def start(self) -> WaitressThread:
+        """Serve; return self once the port listens."""
         self._thread.start()
         if not wait_for_port(self.port, GATEWAY_START_TIMEOUT_S):
             raise SecureStoreError("the gateway did not start listening")
         return self
 
     def stop(self) -> None:
-        self._server.close()
-        self._thread.join(GATEWAY_START_TIMEOUT_S)
+        """Stop serving, finish running requests, close every socket."""
+        from waitress import wasyncore
+
+        self._stop.set()
+        self._thread.join()
+        self._server.task_dispatcher.shutdown(timeout=GATEWAY_STOP_TIMEOUT_S)
+        wasyncore.close_all(self._server._map)
+
+    def __enter__(self) -> WaitressThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:
@@ -188,8 +213,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
                 cimp.url,
                 replay_cache=SQLiteReplayCache(folder / "replay.sqlite3"),
             )
-            gateway = _Gateway(app).start()
-            cleanup.callback(gateway.stop)
+            gateway = cleanup.enter_context(WaitressThread(app))
             proxy = cleanup.enter_context(Pproxy())
             key_config = gateway_key.key_config().to_base64()
             gateway_url = f"http://localhost:{gateway.port}/"

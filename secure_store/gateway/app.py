@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -188,6 +189,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e999 parses to infinity, which no CIMP report contains.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number is too large")
+    return value
+
+
 def _size_bucket(size: int) -> int:
     """Round ``size`` up to a power of two of at least 1 KiB for the log."""
     if size <= 0:
@@ -309,7 +318,6 @@ class GatewayApp:
 
         problem = self._check_payload(payload)
         if problem is not None:
-            logger.info("refused payload: %s", problem.outcome)
             return problem
 
         return self._forward_once(report_id, payload)
@@ -408,20 +416,23 @@ class GatewayApp:
                 payload.decode("utf-8"),
                 object_pairs_hook=_reject_duplicate_keys,
                 parse_constant=_reject_constant,
+                parse_float=_finite_float,
             )
         except (ValueError, RecursionError) as exc:
-            # The decoder's message names a position, never content.
+            # Only the kind of failure: a decoder message may quote text.
             reason = (
                 "nested too deeply"
                 if isinstance(exc, RecursionError)
                 else type(exc).__name__
             )
+            logger.info("refused payload: not UTF-8 JSON (%s)", reason)
             return _do_not_retry(
                 "not-json", f"the payload is not UTF-8 JSON ({reason})"
             )
 
         error = _first_schema_error(self._validator, document)
         if error is not None:
+            logger.info("refused payload: not a CIMP report: %s", error)
             return _do_not_retry(
                 "not-cimp", f"the payload is not a CIMP report: {error}"
             )

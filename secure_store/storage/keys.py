@@ -18,6 +18,7 @@ import keyring.backend
 import keyring.errors
 from keyring.backends import chainer, fail, null
 
+from secure_store.cleaninsights import clock
 from secure_store.errors import (
     InsecureKeyringError,
     KeyMissingError,
@@ -36,6 +37,7 @@ KEY_BYTES = 32
 KEYSET_FORMAT_VERSION = 1
 # Key ids are written into every sealed file header as 4 bytes.
 KEY_ID_MAX = 2**32 - 1
+DAMAGED_MARK = "#damaged-"
 
 FIX_HINT = (
     "install and unlock a Secret Service (for example gnome-keyring) or "
@@ -444,27 +446,47 @@ class KeyringKeysets:
 
         Refuses with :class:`KeyringError` when the keyring already holds
         a readable keyset for this store, so a new key never replaces one
-        that may still open data. A damaged entry is replaced (the caller
-        has decided the store's old file cannot be opened).
+        that may still open data. A damaged entry is first copied aside to
+        user ``<store name>#damaged-<UTC timestamp>`` (for a human to
+        rescue), then replaced.
         """
-        try:
-            existing = self.load(store_name)
-        except KeyMissingError:
-            logger.warning(
-                "replacing the damaged keyring entry of store %r", store_name
-            )
-            existing = None
-        if existing is not None:
-            raise KeyringError(
-                f"the keyring already holds a keyset for store "
-                f"{store_name!r}; refusing to replace it with a new one"
-            )
+        backend = self.backend
+        text = self._deadline(
+            "read a keyset",
+            lambda: backend.get_password(self.service, store_name),
+        )
+        if text is not None:
+            try:
+                Keyset.from_json(text)
+            except KeyMissingError:
+                self._keep_aside(store_name, text)
+            else:
+                raise KeyringError(
+                    f"the keyring already holds a keyset for store "
+                    f"{store_name!r}; refusing to replace it with a new one"
+                )
         keyset = Keyset.generate()
         self.save(store_name, keyset)
         logger.info(
             "created keyset %08x for store %r", keyset.primary_id, store_name
         )
         return keyset
+
+    def _keep_aside(self, store_name: str, text: str) -> None:
+        backend = self.backend
+        stamp = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = f"{store_name}{DAMAGED_MARK}{stamp}"
+        self._deadline(
+            "keep a damaged keyset aside",
+            lambda: backend.set_password(self.service, aside, text),
+        )
+        logger.warning(
+            "the keyring entry of store %r is damaged; kept it as user %r "
+            "of service %r and made a new keyset",
+            store_name,
+            aside,
+            self.service,
+        )
 
 
 def _default_backend() -> keyring.backend.KeyringBackend:

@@ -1,11 +1,4 @@
-"""The sealed store file: format, atomic durable writes, lock, quarantine.
-
-A sealed file is ``header | ciphertext+tag``. The header is
-``magic (8) | version (1) | aead id (1) | key id (4, big-endian) |
-nonce (12)``; the whole header and the UTF-8 store name are the AEAD's
-associated data, so a file cannot be moved to another store or have its
-header edited without failing to open.
-"""
+"""The sealed store file: format, atomic durable writes, lock, quarantine."""
 
 from __future__ import annotations
 
@@ -37,6 +30,10 @@ from secure_store.storage.keys import KeyringKeysets, Keyset
 
 logger = logging.getLogger(__name__)
 
+# Format version 1: ``magic (8) | version (1) | aead id (1) | key id (4,
+# big-endian) | nonce (12) | ciphertext and 16-byte tag``. The whole header
+# and the UTF-8 store name are the AEAD's associated data, so a file can be
+# neither moved to another store nor have its header edited unnoticed.
 MAGIC = b"SECSTORE"
 FORMAT_VERSION = 1
 AEAD_AES_256_GCM = 1
@@ -59,6 +56,16 @@ LOCK_TIMEOUT_S = 10.0
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
 TEMP_SUFFIX = ".tmp"
+# A new file only (never an existing one or a symlink planted in the
+# folder), not inherited by child processes, binary on Windows.
+_TEMP_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 QUARANTINE_MARK = ".quarantined-"
 LOCK_SUFFIX = ".lock"
 
@@ -160,7 +167,9 @@ def open_sealed(data: bytes, keyset: Keyset, store_name: str) -> bytes:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
+    """Make a rename in ``folder`` durable (POSIX; Windows cannot)."""
+    if os.name != "posix":
+        return
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -317,14 +326,7 @@ class SealedFile:
             temp = self.folder / (
                 f".{self.path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
             )
-            flags = (
-                os.O_WRONLY
-                | os.O_CREAT
-                | os.O_EXCL
-                | os.O_CLOEXEC
-                | os.O_NOFOLLOW
-            )
-            fd = os.open(temp, flags, FILE_MODE)
+            fd = os.open(temp, _TEMP_FLAGS, FILE_MODE)
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(sealed)

@@ -6,7 +6,9 @@ servers over ``https://``, or plain ``http://`` to an ``.onion`` address,
 whose transport Tor already encrypts and authenticates end to end.
 
 Stream isolation. Tor's ``IsolateSOCKSAuth`` (on by default) puts streams
-with different SOCKS user names or passwords on different circuits. When
+with different SOCKS user names or passwords on different circuits, and
+Tor picks the user name/password method whenever a client offers it
+(unless the SocksPort sets ``PreferSOCKSNoAuth``). When
 the proxy URL carries no credentials, every send offers fresh random ones,
 so no two reports share a circuit and the exit cannot link them. When the
 URL carries credentials, they are the proxy's login and are sent unchanged:

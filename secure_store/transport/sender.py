@@ -37,7 +37,6 @@ import socks
 from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar
 from requests.utils import get_auth_from_url, select_proxy
-from urllib3.connection import HTTPConnection
 from urllib3.contrib.socks import (
     SOCKSConnection,
     SOCKSHTTPConnectionPool,
@@ -49,6 +48,7 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     InvalidHeader,
     MaxRetryError,
+    NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
     ResponseError,
@@ -127,35 +127,40 @@ class _SendState:
     attempts: int = 0
     expired: bool = False
     gave_up_waiting_s: float | None = None
-    connections: list[tuple[HTTPConnection, socket.socket]] = field(
-        default_factory=list
-    )
+    # Duplicates of every socket this send opened. A duplicate refers to
+    # the same connection, so shutting it down stops whoever reads the
+    # original, also once TLS has wrapped (and detached) that original.
+    handles: list[socket.socket] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def register(self, conn: HTTPConnection, sock: socket.socket) -> None:
+    def register(self, sock: socket.socket) -> None:
+        handle = socket.fromfd(sock.fileno(), sock.family, sock.type)
         with self.lock:
-            self.connections.append((conn, sock))
+            self.handles.append(handle)
             if self.expired:
-                _shut(conn, sock)
+                _shut(handle)
 
     def expire(self) -> None:
         """Watchdog: the deadline passed; stop every blocked socket."""
         with self.lock:
             self.expired = True
-            for conn, sock in self.connections:
-                _shut(conn, sock)
+            for handle in self.handles:
+                _shut(handle)
+
+    def release(self) -> None:
+        """Close the duplicates; the connections close with their owners."""
+        with self.lock:
+            for handle in self.handles:
+                handle.close()
+            self.handles.clear()
 
 
-def _shut(conn: HTTPConnection, sock: socket.socket) -> None:
-    # The connection's current socket may be a TLS wrapper of the raw one.
-    # The base-class shutdown acts on the file descriptor and wakes a recv
-    # blocked in another thread without touching the TLS object.
-    current = getattr(conn, "sock", None) or sock
-    with contextlib.suppress(OSError, TypeError):
-        socket.socket.shutdown(current, socket.SHUT_RDWR)
+def _shut(handle: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        handle.shutdown(socket.SHUT_RDWR)
 
 
 _local = threading.local()
@@ -172,23 +177,77 @@ def _state() -> _SendState | None:
 
 
 class _DeadlineSOCKSConnection(SOCKSConnection):
-    """A SOCKS connection whose connect timeout never passes the deadline."""
+    """A SOCKS connection that the send's deadline bounds from the start.
+
+    Unlike urllib3's, it hands the socket to the watchdog before the SOCKS
+    handshake, so a proxy that answers the handshake a byte at a time is
+    stopped at the deadline too, and its connect timeout is cut to the
+    time left.
+    """
 
     def _new_conn(self) -> socket.socket:
         state = _state()
-        if state is not None:
-            remaining = state.remaining()
-            if state.expired or remaining <= 0:
+        if state is None:
+            plain: socket.socket = super()._new_conn()
+            return plain
+        remaining = state.remaining()
+        if state.expired or remaining <= 0:
+            raise ConnectTimeoutError(
+                self, "the send's deadline passed before connecting"
+            )
+        timeout = self.timeout
+        if not isinstance(timeout, (int, float)) or timeout > remaining:
+            self.timeout = timeout = remaining
+        try:
+            return self._connect_through_proxy(state, timeout)
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                self, f"connecting via the proxy timed out after {timeout} s"
+            ) from exc
+        except socks.ProxyError as exc:
+            if isinstance(exc.socket_err, TimeoutError):
                 raise ConnectTimeoutError(
-                    self, "the send's deadline passed before connecting"
+                    self, f"the SOCKS handshake timed out after {timeout} s"
+                ) from exc
+            raise NewConnectionError(
+                self, f"failed to connect via the proxy: {exc}"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(
+                self, f"failed to connect via the proxy: {exc}"
+            ) from exc
+
+    def _connect_through_proxy(
+        self, state: _SendState, timeout: float
+    ) -> socket.socket:
+        options = self._socks_options
+        proxy_host = str(options["proxy_host"]).strip("[]")
+        error: OSError | None = None
+        for family, kind, proto, _, _ in socket.getaddrinfo(
+            proxy_host, options["proxy_port"], 0, socket.SOCK_STREAM
+        ):
+            sock = socks.socksocket(family, kind, proto)
+            state.register(sock)
+            try:
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                sock.settimeout(timeout)
+                sock.set_proxy(
+                    options["socks_version"],
+                    proxy_host,
+                    options["proxy_port"],
+                    options["rdns"],
+                    options["username"],
+                    options["password"],
                 )
-            timeout = self.timeout
-            if not isinstance(timeout, (int, float)) or timeout > remaining:
-                self.timeout = remaining
-        sock: socket.socket = super()._new_conn()
-        if state is not None:
-            state.register(self, sock)
-        return sock
+                sock.connect((self.host.strip("[]"), self.port))
+            except OSError as exc:
+                error = exc
+                sock.close()
+                continue
+            connected: socket.socket = sock
+            return connected
+        raise error or OSError(f"no address for the proxy {proxy_host}")
 
 
 class _DeadlineSOCKSHTTPSConnection(
@@ -602,6 +661,7 @@ class _Watchdog:
     def __exit__(self, *exc_info: object) -> None:
         self._timer.cancel()
         _local.state = None
+        self._state.release()
 
 
 def _positive(value: float) -> bool:

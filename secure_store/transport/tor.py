@@ -43,6 +43,7 @@ SOCKS_METHOD_NAMES = {
     SOCKS_USER_PASS: "username/password",
 }
 ISOLATION_TOKEN_BYTES = 8
+MS_DECIMALS = 2  # sub-millisecond noise is not worth printing
 
 _BOOTSTRAP_RE = re.compile(
     r"PROGRESS=(?P<percent>\d+)(?: TAG=(?P<tag>\S+))?"
@@ -92,6 +93,9 @@ class ProxyReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field, plus ``ok``."""
         out = asdict(self)
+        for key in ("connect_ms", "handshake_ms", "target_ms"):
+            if out[key] is not None:
+                out[key] = round(out[key], MS_DECIMALS)
         out["problems"] = list(self.problems)
         out["ok"] = self.ok
         return out
@@ -448,6 +452,9 @@ def _inspect_control_port(
             "checking Tor's control port needs stem: "
             "pip install 'secure-store[tor]'"
         ) from exc
+    # stem sets its logger to TRACE when imported, so any application with
+    # a root handler would print every control-port line; keep warnings.
+    logging.getLogger("stem").setLevel(logging.WARNING)
     where = _host_port(host, port)
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()

@@ -29,4 +29,4 @@ MakeCi = Callable[..., tuple[CleanInsights, MemoryStore]]
 
 def utc(*args: int) -> datetime:
     """A UTC instant, e.g. ``utc(2024, 1, 17, 10)``."""
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type,misc]

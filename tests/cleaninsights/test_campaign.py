@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from secure_store.cleaninsights import Campaign, EventAggregationRule, Event
+from secure_store.cleaninsights import Campaign, Event, EventAggregationRule
 from secure_store.cleaninsights.clock import FrozenClock, use_clock
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 def weekly(strengthen: bool = False) -> Campaign:
@@ -111,7 +111,10 @@ def test_example_d_daily_campaign() -> None:
         strengthen_anonymity=True,
     )
     now = utc(2024, 5, 10, 15, 30)
-    assert daily.measurement_period_at(now) == (utc(2024, 5, 10), utc(2024, 5, 11))
+    assert daily.measurement_period_at(now) == (
+        utc(2024, 5, 10),
+        utc(2024, 5, 11),
+    )
     assert daily.total_measurement_period_at(now) == (
         utc(2024, 5, 10),
         utc(2024, 5, 13),
@@ -173,7 +176,7 @@ def test_aggregation_period_is_a_timedelta_of_whole_days() -> None:
 
 
 def test_rule_accepts_js_spellings() -> None:
-    assert EventAggregationRule.Avg is EventAggregationRule.avg
+    assert EventAggregationRule("avg") is EventAggregationRule.Avg
     assert EventAggregationRule("sum") is EventAggregationRule.Sum
 
 

@@ -140,7 +140,7 @@ def test_clean_insights_takes_a_dict_a_path_or_a_configuration(
     path.write_text(json.dumps(MINIMAL), encoding="utf-8")
     conf = Configuration.from_dict(MINIMAL)
     for value in (MINIMAL, path, str(path), conf):
-        ci = CleanInsights(value, MemoryStore())  # type: ignore[arg-type]
+        ci = CleanInsights(value, MemoryStore())
         assert ci.conf.server == "http://127.0.0.1:9/ci"
 
 
@@ -254,7 +254,7 @@ def test_invalid_value_is_named(key: str, value: Any, message: str) -> None:
 
 
 def test_campaign_alone_names_the_key_without_prefix() -> None:
-    with pytest.raises(ConfigurationError, match="^end is before start$"):
+    with pytest.raises(ConfigurationError, match=r"^end is before start$"):
         Campaign("2024-02-01", "2024-01-01", 1)
 
 

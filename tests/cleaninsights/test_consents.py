@@ -191,11 +191,14 @@ def test_ended_campaign_reads_unconfigured(
 
 
 def test_consent_lists_keep_decision_order(make_ci: MakeCi) -> None:
-    campaigns = {"b": PLAYBACK | {"start": "2024-01-01T00:00:00Z"}, "a": {
-        "start": "2024-01-01T00:00:00Z",
-        "end": "2024-12-31T00:00:00Z",
-        "aggregationPeriodLength": 1,
-    }}
+    campaigns = {
+        "b": PLAYBACK | {"start": "2024-01-01T00:00:00Z"},
+        "a": {
+            "start": "2024-01-01T00:00:00Z",
+            "end": "2024-12-31T00:00:00Z",
+            "aggregationPeriodLength": 1,
+        },
+    }
     ci, _ = make_ci(campaigns=campaigns)
     ci.grant_feature(Feature.ua)
     ci.deny_feature(Feature.lang)

@@ -28,7 +28,7 @@ class Cimp:
         cimp = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 cimp.requests.append((dict(self.headers), body))
@@ -146,7 +146,9 @@ def test_server_test_passes_on_400(cimp_server: Cimp, tmp_path: Path) -> None:
     assert cimp_server.requests[0][1] == b""
 
 
-def test_server_test_fails_on_success(cimp_server: Cimp, tmp_path: Path) -> None:
+def test_server_test_fails_on_success(
+    cimp_server: Cimp, tmp_path: Path
+) -> None:
     results = server_test(cimp_server.url, tmp_path)
     assert [str(r) for r in results] == [
         "server should have answered 400 to an empty body"
@@ -155,18 +157,22 @@ def test_server_test_fails_on_success(cimp_server: Cimp, tmp_path: Path) -> None
 
 def test_server_test_passes_on_a_status_400_error_type(tmp_path: Path) -> None:
     class Rejecting(FileStore):
-        def send(self, data: str, server: str, timeout: float, done: Any) -> None:
+        def send(
+            self, data: str, server: str, timeout: float, done: Any
+        ) -> None:
             done(SendError("rejected by the gateway", 400))
 
     ci = CleanInsights(
         {
             "server": "http://127.0.0.1:9/",
             "siteId": 1,
-            "campaigns": {"c": {
-                "start": "2024-01-01T00:00:00Z",
-                "end": "2024-12-31T00:00:00Z",
-                "aggregationPeriodLength": 1,
-            }},
+            "campaigns": {
+                "c": {
+                    "start": "2024-01-01T00:00:00Z",
+                    "end": "2024-12-31T00:00:00Z",
+                    "aggregationPeriodLength": 1,
+                }
+            },
         },
         Rejecting(tmp_path / "s.json"),
     )
@@ -175,7 +181,9 @@ def test_server_test_passes_on_a_status_400_error_type(tmp_path: Path) -> None:
     assert results == [None]
 
 
-def test_server_test_reports_other_errors(cimp_server: Cimp, tmp_path: Path) -> None:
+def test_server_test_reports_other_errors(
+    cimp_server: Cimp, tmp_path: Path
+) -> None:
     cimp_server.status = 404
     results = server_test(cimp_server.url, tmp_path)
     assert [getattr(r, "status", None) for r in results] == [404]
@@ -190,11 +198,13 @@ def test_file_store_end_to_end(
         {
             "server": cimp_server.url,
             "siteId": 3,
-            "campaigns": {"c": {
-                "start": "2024-01-01T00:00:00Z",
-                "end": "2024-12-31T00:00:00Z",
-                "aggregationPeriodLength": 1,
-            }},
+            "campaigns": {
+                "c": {
+                    "start": "2024-01-01T00:00:00Z",
+                    "end": "2024-12-31T00:00:00Z",
+                    "aggregationPeriodLength": 1,
+                }
+            },
         },
         store,
         languages=["en"],

@@ -40,7 +40,9 @@ def conf(**extra: object) -> Configuration:
 
 def spec_store() -> MemoryStore:
     store = MemoryStore()
-    store.visits.append(Visit(["Main", "Settings"], "weekly-screens", 3, *PERIOD))
+    store.visits.append(
+        Visit(["Main", "Settings"], "weekly-screens", 3, *PERIOD)
+    )
     store.events.append(
         Event("music", "play", "track", 12.5, "weekly-screens", 2, *PERIOD)
     )
@@ -62,7 +64,9 @@ def test_spec_example_body_byte_for_byte() -> None:
 
 def test_absent_name_and_value_are_omitted() -> None:
     store = MemoryStore()
-    store.events.append(Event("app", "start", None, None, "weekly-screens", 1, *PERIOD))
+    store.events.append(
+        Event("app", "start", None, None, "weekly-screens", 1, *PERIOD)
+    )
     body = json.loads(Insights(conf(), store, now=AFTER).to_json())
     assert body["events"] == [
         {

@@ -29,7 +29,13 @@ def test_visit_gets_the_period_bounds_and_counts(make_ci: MakeCi) -> None:
     for _ in range(3):
         ci.measure_visit(["Main", "Settings"], GRANTED)
     assert store.visits == [
-        Visit(["Main", "Settings"], GRANTED, 3, utc(2024, 1, 15), utc(2024, 1, 22))
+        Visit(
+            ["Main", "Settings"],
+            GRANTED,
+            3,
+            utc(2024, 1, 15),
+            utc(2024, 1, 22),
+        )
     ]
 
 
@@ -291,5 +297,14 @@ def test_point_recorded_right_after_consent_starts_at_period_start(
     ci.grant_campaign(GRANTED)
     ci.measure_event("a", "b", GRANTED)
     assert store.events == [
-        Event("a", "b", None, None, GRANTED, 1, utc(2024, 1, 15), utc(2024, 1, 22))
+        Event(
+            "a",
+            "b",
+            None,
+            None,
+            GRANTED,
+            1,
+            utc(2024, 1, 15),
+            utc(2024, 1, 22),
+        )
     ]

@@ -1,4 +1,4 @@
-"""Persisting and sending: counter, single flight, backoff, failures (6, 7, 8)."""
+"""Persisting and sending: counter, single flight, backoff, failures."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from ci_helpers import SERVER, MakeCi, utc
 
 from secure_store.cleaninsights import (
@@ -15,7 +16,6 @@ from secure_store.cleaninsights import (
     Feature,
     MemoryStore,
     Store,
-    Visit,
 )
 from secure_store.cleaninsights.clock import FrozenClock
 from secure_store.errors import SendError
@@ -90,18 +90,22 @@ def test_discarded_measurements_count_too(make_ci: MakeCi) -> None:
     assert store.persist_count == 1
 
 
-def test_failed_persist_keeps_the_counter_and_retries(clock: FrozenClock) -> None:
+def test_failed_persist_keeps_the_counter_and_retries(
+    clock: FrozenClock,
+) -> None:
     store = HeldStore()
     ci = CleanInsights(
         {
             "server": SERVER,
             "siteId": 1,
             "persistEveryNTimes": 2,
-            "campaigns": {GRANTED: {
-                "start": "2024-01-01T00:00:00Z",
-                "end": "2024-12-31T00:00:00Z",
-                "aggregationPeriodLength": 7,
-            }},
+            "campaigns": {
+                GRANTED: {
+                    "start": "2024-01-01T00:00:00Z",
+                    "end": "2024-12-31T00:00:00Z",
+                    "aggregationPeriodLength": 7,
+                }
+            },
         },
         store,
     )
@@ -118,18 +122,26 @@ def test_failed_persist_keeps_the_counter_and_retries(clock: FrozenClock) -> Non
 def test_forced_persist_is_synchronous() -> None:
     store = HeldStore()
     ci = CleanInsights(
-        {"server": SERVER, "siteId": 1, "campaigns": {GRANTED: {
-            "start": "2024-01-01T00:00:00Z",
-            "end": "2099-12-31T00:00:00Z",
-            "aggregationPeriodLength": 7,
-        }}},
+        {
+            "server": SERVER,
+            "siteId": 1,
+            "campaigns": {
+                GRANTED: {
+                    "start": "2024-01-01T00:00:00Z",
+                    "end": "2099-12-31T00:00:00Z",
+                    "aggregationPeriodLength": 7,
+                }
+            },
+        },
         store,
     )
     ci.persist()
     assert [asynchronous for asynchronous, _ in store.persist_dones] == [False]
 
 
-def test_store_persist_runs_while_the_sdk_lock_is_held(make_ci: MakeCi) -> None:
+def test_store_persist_runs_while_the_sdk_lock_is_held(
+    make_ci: MakeCi,
+) -> None:
     held: list[bool] = []
 
     class Probe(MemoryStore):
@@ -137,9 +149,7 @@ def test_store_persist_runs_while_the_sdk_lock_is_held(make_ci: MakeCi) -> None:
             # Another thread must not get the SDK's lock meanwhile.
             result: list[bool] = []
             thread = threading.Thread(
-                target=lambda: result.append(
-                    ci._lock.acquire(blocking=False)  # noqa: SLF001
-                )
+                target=lambda: result.append(ci._lock.acquire(blocking=False))
             )
             thread.start()
             thread.join()
@@ -181,15 +191,23 @@ def test_send_uses_server_and_timeout(clock: FrozenClock) -> None:
     calls: list[tuple[str, float]] = []
     store = MemoryStore(
         data=finished_visit(),
-        transport=lambda data, server, timeout: calls.append((server, timeout)),
+        transport=lambda data, server, timeout: calls.append(
+            (server, timeout)
+        ),
     )
     ci = CleanInsights(
-        {"server": SERVER, "siteId": 7, "timeout": 2.5, "campaigns": {
-            GRANTED: {
-                "start": "2024-01-01T00:00:00Z",
-                "end": "2024-12-31T00:00:00Z",
-                "aggregationPeriodLength": 7,
-            }}},
+        {
+            "server": SERVER,
+            "siteId": 7,
+            "timeout": 2.5,
+            "campaigns": {
+                GRANTED: {
+                    "start": "2024-01-01T00:00:00Z",
+                    "end": "2024-12-31T00:00:00Z",
+                    "aggregationPeriodLength": 7,
+                }
+            },
+        },
         store,
     )
     clock.set(AFTER)
@@ -223,7 +241,9 @@ def test_failed_send_keeps_the_data(clock: FrozenClock) -> None:
 
 def test_send_that_raises_counts_as_a_failure(clock: FrozenClock) -> None:
     class Raising(MemoryStore):
-        def send(self, data: str, server: str, timeout: float, done: Done) -> None:
+        def send(
+            self, data: str, server: str, timeout: float, done: Done
+        ) -> None:
             raise RuntimeError("bug in the store")
 
     store = Raising(data=finished_visit())
@@ -271,7 +291,9 @@ def test_second_done_is_ignored(clock: FrozenClock) -> None:
 
 def test_done_from_another_thread(clock: FrozenClock) -> None:
     class Threaded(MemoryStore):
-        def send(self, data: str, server: str, timeout: float, done: Done) -> None:
+        def send(
+            self, data: str, server: str, timeout: float, done: Done
+        ) -> None:
             threading.Thread(target=done, args=(None,)).start()
 
     store = Threaded(data=finished_visit())
@@ -303,11 +325,18 @@ def test_synchronous_persist_waiting_on_the_senders_worker_cannot_deadlock(
     class OneWorker(MemoryStore):
         def persist(self, asynchronous: bool, done: Done) -> None:
             finished = threading.Event()
-            jobs.put(lambda: (done(None), finished.set()))
+
+            def write() -> None:
+                done(None)
+                finished.set()
+
+            jobs.put(write)
             if not asynchronous:
                 finished.wait()
 
-        def send(self, data: str, server: str, timeout: float, done: Done) -> None:
+        def send(
+            self, data: str, server: str, timeout: float, done: Done
+        ) -> None:
             def deliver() -> None:
                 send_started.set()
                 time.sleep(0.05)
@@ -332,8 +361,24 @@ def test_synchronous_persist_waiting_on_the_senders_worker_cannot_deadlock(
 # -- backoff (8) -----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("timing", "expected_waits_s"),
+    [
+        (
+            {"timeout": 10, "maxRetryDelay": 1800},
+            [20, 40, 80, 160, 320, 640, 1280, 1800, 1800],
+        ),
+        (
+            {},  # the defaults: 5 s and 3600 s
+            [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600],
+        ),
+    ],
+    ids=["spec-example", "defaults"],
+)
 def test_backoff_doubles_from_the_timeout_up_to_the_cap(
     clock: FrozenClock,
+    timing: dict[str, float],
+    expected_waits_s: list[float],
 ) -> None:
     attempts: list[Any] = []
 
@@ -342,17 +387,17 @@ def test_backoff_doubles_from_the_timeout_up_to_the_cap(
         raise SendError("HTTP Error 503: busy", 503)
 
     store = MemoryStore(data=finished_visit(), transport=refuse)
-    ci = CleanInsights(_conf(timeout=10, maxRetryDelay=1800), store)
+    ci = CleanInsights(_conf(**timing), store)
     clock.set(AFTER)
     ci.persist_and_send()
-    waits_s = []
-    for _ in range(9):
+    waits_s: list[float] = []
+    for _ in expected_waits_s:
         failed_at = clock.now()
         while len(attempts) == len(waits_s) + 1:
             clock.advance(timedelta(seconds=1))
             ci.persist_and_send()
         waits_s.append((attempts[-1] - failed_at).total_seconds())
-    assert waits_s == [20, 40, 80, 160, 320, 640, 1280, 1800, 1800]
+    assert waits_s == expected_waits_s
 
 
 def test_backoff_allows_the_attempt_at_exactly_the_wait(
@@ -399,4 +444,3 @@ def _conf(**extra: Any) -> dict[str, Any]:
         },
         **extra,
     }
-

@@ -1,4 +1,4 @@
-"""The Store contract: loading, the persisted JSON shape, MemoryStore, FileStore."""
+"""The Store contract: loading, the JSON shape, MemoryStore, FileStore."""
 
 from __future__ import annotations
 
@@ -197,7 +197,9 @@ def test_instants_are_written_with_milliseconds_in_utc() -> None:
 def test_store_round_trips_equal(make_ci: MakeCi) -> None:
     ci, store = make_ci()
     ci.grant_campaign("weekly-screens")
-    ci.deny_feature(__import__("secure_store.cleaninsights").cleaninsights.Feature.ua)
+    ci.deny_feature(
+        __import__("secure_store.cleaninsights").cleaninsights.Feature.ua
+    )
     ci.measure_visit(["Main"], "weekly-screens")
     ci.measure_event("a", "b", "weekly-screens", "n", 1.5)
     again = MemoryStore(data=json.loads(store.to_json()))
@@ -244,8 +246,9 @@ def test_file_store_writes_the_store_json(tmp_path: Path) -> None:
     results: list[Exception | None] = []
     store.persist(False, results.append)
     assert results == [None]
-    assert json.loads(path.read_text("utf-8"))["consents"] == (
-        json.loads(OTHER_SDK_JSON)["consents"]
+    assert (
+        json.loads(path.read_text("utf-8"))["consents"]
+        == (json.loads(OTHER_SDK_JSON)["consents"])
     )
 
 
@@ -298,8 +301,14 @@ def test_file_store_snapshot_is_taken_when_persist_is_called(
     store = FileStore(path)
     gate = threading.Lock()
     gate.acquire()
-    store.persist(True, lambda error: gate.acquire(timeout=5) and None)
-    store.visits.append(Visit(["late"], "c", 1, utc(2024, 1, 1), utc(2024, 1, 2)))
+
+    def done(error: Exception | None) -> None:
+        gate.acquire(timeout=5)
+
+    store.persist(True, done)
+    store.visits.append(
+        Visit(["late"], "c", 1, utc(2024, 1, 1), utc(2024, 1, 2))
+    )
     gate.release()
     store.close()
     assert json.loads(path.read_text("utf-8"))["visits"] == []
@@ -338,3 +347,26 @@ def test_file_store_send_uses_its_transport(tmp_path: Path) -> None:
     store.send("{}", "http://127.0.0.1:9/", 2.5, results.append)
     assert bodies == [("{}", "http://127.0.0.1:9/", 2.5)]
     assert results == [None]
+
+
+def test_extra_fields_are_written_after_the_standard_keys() -> None:
+    class WithExtra(MemoryStore):
+        def extra_fields(self) -> dict[str, Any]:
+            return {"myStore": {"pending": "ü"}}
+
+    store = WithExtra()
+    assert store.to_json() == (
+        '{"consents":{"features":{},"campaigns":{}},"visits":[],'
+        '"events":[],"myStore":{"pending":"ü"}}'
+    )
+    assert list(store.to_dict()) == ["consents", "visits", "events", "myStore"]
+
+
+def test_to_json_follows_an_overridden_to_dict() -> None:
+    class Overriding(MemoryStore):
+        def to_dict(self) -> dict[str, Any]:
+            data = super().to_dict()
+            data["extra"] = 1
+            return data
+
+    assert Overriding().to_json().endswith(',"extra":1}')

@@ -1,4 +1,4 @@
-"""Thread safety: concurrent measurements, consents and callbacks lose nothing."""
+"""Thread safety: concurrent measurements and callbacks lose nothing."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_sends_and_measurements_interleave_without_loss(
 
 
 def test_consent_changes_from_many_threads(make_ci: MakeCi) -> None:
-    ci, store = make_ci(store=WorkerStore())
+    ci, _ = make_ci(store=WorkerStore())
 
     def flip(index: int) -> None:
         for i in range(500):

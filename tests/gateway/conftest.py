@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gateway_helpers import Upstream, running_upstream
@@ -61,9 +62,20 @@ def app(
 @pytest.fixture
 def served(app: GatewayApp) -> Iterator[str]:
     """The app under a real waitress server in this process; its URL."""
-    server = make_server(app, "127.0.0.1", 0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+    from waitress import wasyncore
+
+    server: Any = make_server(app, "127.0.0.1", 0, threads=8)
+    stop = threading.Event()
+
+    def run() -> None:
+        # waitress's own run() has no clean way to stop from outside.
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.02, map=server._map, count=1)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
+    stop.set()
+    thread.join()
     server.task_dispatcher.shutdown(timeout=5)
+    wasyncore.close_all(server._map)

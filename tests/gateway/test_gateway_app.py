@@ -410,6 +410,20 @@ def test_a_payload_with_a_repeated_key_is_answered_400(
     assert answer.json()["error"] == "not-json"
 
 
+def test_a_payload_with_an_infinite_number_is_answered_400(
+    app: GatewayApp, x25519_key: GatewayKey
+) -> None:
+    payload = (
+        b'{"idsite":7,"visits":[],"events":[{"category":"c","action":"a",'
+        b'"value":1e999,"period_start":1,"period_end":2,"times":1}]}'
+    )
+
+    answer = call_app(app, seal_report(x25519_key, payload))
+
+    assert answer.status == 400
+    assert answer.json()["error"] == "not-json"
+
+
 def test_a_payload_with_nan_is_answered_400(
     app: GatewayApp, x25519_key: GatewayKey
 ) -> None:
@@ -705,7 +719,7 @@ def test_a_refused_payload_is_logged_without_its_content(
     call_app(app, seal_report(x25519_key, payload.encode()))
 
     everything = "\n".join(r.getMessage() for r in caplog.records)
-    assert "not-cimp" in everything
+    assert "not a CIMP report: $.idsite fails type" in everything
     assert "Main/Settings" not in everything
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from secure_store.demo.keyring_backend import TemporaryFolderKeyring
 from secure_store.demo.receiver import CimpReceiver
 from secure_store.demo.socks import Pproxy
 from secure_store.errors import (
@@ -37,7 +36,7 @@ from secure_store.transport.envelope import (
 )
 from secure_store.transport.proxy import parse_proxy_url
 from secure_store.transport.sender import Sender
-from secure_store.transport.tor import check_proxy
+from secure_store.transport.tor import ProxyReport, check_proxy
 
 try:
     from .tornet import LoneTor, TorNetwork
@@ -173,6 +172,38 @@ def test_check_proxy_text_names_every_finding(lone_tor: LoneTor) -> None:
         "bootstrap",
         "ok",
     ]
+
+
+def test_proxy_report_describes_itself_in_aligned_lines() -> None:
+    report = ProxyReport(
+        proxy="socks5h://127.0.0.1:9050",
+        reachable=True,
+        socks_method="no authentication",
+        connect_ms=0.41,
+        handshake_ms=0.16,
+        is_tor=True,
+        tor_evidence="control port 127.0.0.1:9051 lists this SocksPort",
+        tor_version="0.4.9.11",
+        control_port="127.0.0.1:9051",
+        bootstrap_percent=100,
+        bootstrap_summary="done: Done",
+        circuit_established=True,
+        target_url="http://example.onion/",
+        target_status=204,
+        target_ms=160.4,
+    )
+
+    assert report.describe() == (
+        "proxy      socks5h://127.0.0.1:9050\n"
+        "reachable  yes (SOCKS5, no authentication; connect 0.4 ms, "
+        "handshake 0.2 ms)\n"
+        "tor        yes (control port 127.0.0.1:9051 lists this SocksPort);"
+        " Tor 0.4.9.11\n"
+        "bootstrap  100% (done: Done); circuit established\n"
+        "target     http://example.onion/ -> HTTP 204 in 160 ms\n"
+        "ok         yes"
+    )
+    assert report.to_dict()["ok"] is True
 
 
 # -- the readiness check against things that are not Tor ---------------------
@@ -533,14 +564,14 @@ def secure_store_to(
     tor_network: TorNetwork,
     gateway_stack: GatewayStack,
     tmp_path: Path,
+    memory_keyring: Any,  # tests/conftest.py
 ) -> Iterator[SecureStore]:
     store = SecureStore(
         name="tor-e2e",
         path=tmp_path / "store.sealed",
         proxy_url=tor_network.proxy_url(),
         gateway_key_config=gateway_stack.key.key_config().to_base64(),
-        keyring_backend=TemporaryFolderKeyring(tmp_path),
-        allow_insecure_keyring=True,
+        keyring_backend=memory_keyring,
         allow_insecure_http=True,  # the loopback gateway behind the exit
     )
     try:

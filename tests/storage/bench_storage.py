@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from storage_fakes import MemoryKeyring  # noqa: E402
+from storage_fakes import MemoryKeyring
 
-from secure_store.storage import (  # noqa: E402
+from secure_store.storage import (
     KeyringKeysets,
     Keyset,
     SealedFile,
@@ -37,7 +37,7 @@ from secure_store.storage import (  # noqa: E402
     rotate,
     seal,
 )
-from secure_store.storage.sealed_file import (  # noqa: E402
+from secure_store.storage.sealed_file import (
     AEAD_AES_256_GCM,
     AEAD_CHACHA20_POLY1305,
 )
@@ -46,41 +46,49 @@ DATA_POINTS = 100_000
 MIB = 1024 * 1024
 
 
+def _instant(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
 def store_json(points: int, seed: int = 7) -> bytes:
-    """A Clean Insights store JSON with ``points`` visits and events."""
+    """A store JSON (the core's persisted shape) with ``points`` points.
+
+    Half visits, half events, spread over 7 campaigns, 200 scenes, 31 event
+    categories and a year of periods: about 15 MB for 100k points.
+    """
     rng = random.Random(seed)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    scenes = [
-        f"Main/Section {n}/Page {m}" for n in range(40) for m in range(5)
-    ]
+    scenes = [["Main", f"Screen {n}"] for n in range(200)]
     visits, events = [], []
     for n in range(points):
         first = start + timedelta(days=rng.randrange(300))
-        last = first + timedelta(days=1)
-        common = {
-            "campaign_id": f"campaign-{n % 7}",
+        common: dict[str, object] = {
+            "campaignId": f"campaign-{n % 7}",
             "times": rng.randrange(1, 50),
-            "first": first.isoformat(),
-            "last": last.isoformat(),
+            "first": _instant(first),
+            "last": _instant(first + timedelta(days=1)),
         }
         if n % 2 == 0:
-            scene = rng.choice(scenes).split("/")
-            visits.append({"scene_path": scene, **common})
+            visits.append({**common, "scenePath": rng.choice(scenes)})
         else:
-            event = {
+            event: dict[str, object] = {
                 "category": f"category-{n % 31}",
                 "action": f"action-{n % 97}",
-                "name": f"name-{n % 13}",
-                "value": rng.random() * 100,
             }
-            events.append({**event, **common})
+            # name and value are optional; most events have neither.
+            if n % 3 == 1:
+                event["name"] = f"name-{n % 13}"
+                event["value"] = n % 1000 / 4
+            events.append({**common, **event})
+    consent = {
+        "granted": True,
+        "start": _instant(start),
+        "end": _instant(start + timedelta(days=365)),
+    }
     document = {
         "consents": {
-            "features": {"lang": {"granted": True, "start": "x", "end": "y"}},
-            "campaigns": {
-                f"campaign-{n}": {"granted": True, "start": "x", "end": "y"}
-                for n in range(7)
-            },
+            "features": {"lang": consent, "ua": consent},
+            "campaigns": {f"campaign-{n}": consent for n in range(7)},
         },
         "visits": visits,
         "events": events,

@@ -15,9 +15,9 @@ from keyring.backends import chainer
 class MemoryKeyring(KeyringBackend):
     """Keeps entries in a dict: ``entries[(service, user)] = secret``."""
 
-    priority = 1  # type: ignore[assignment]
+    priority = 1
     # Never picked by keyring.get_keyring(); only used when passed in.
-    viable = False  # type: ignore[assignment]
+    viable = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,8 +81,8 @@ class FileKeyring(KeyringBackend):
     each set is all or nothing.
     """
 
-    priority = 1  # type: ignore[assignment]
-    viable = False  # type: ignore[assignment]
+    priority = 1
+    viable = False
 
     def __init__(self, path: Path | str) -> None:
         super().__init__()
@@ -124,12 +124,12 @@ class FileKeyring(KeyringBackend):
 class FakeChainer(chainer.ChainerBackend):
     """keyring's chainer over a fixed list of backends."""
 
-    viable = False  # type: ignore[assignment]
+    viable = False
 
     def __init__(self, backends: list[KeyringBackend]) -> None:
         super().__init__()
         self._chained = backends
 
-    @property  # type: ignore[override]
+    @property
     def backends(self) -> list[KeyringBackend]:
         return self._chained

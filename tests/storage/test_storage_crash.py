@@ -2,8 +2,9 @@
 
 Every run kills a real child process (forked from a forkserver) at a
 random instant and then checks that the store opens and holds the last
-acknowledged state or a newer one. ``--runs N`` changes how many runs each
-harness makes; the seed is printed so a failing run can be replayed with
+acknowledged state or a newer one. ``--runs N`` (or the environment
+variable ``STORAGE_CRASH_RUNS``) changes how many runs each harness makes;
+the seed is printed so a failing run can be replayed with
 ``STORAGE_CRASH_SEED``.
 """
 
@@ -67,7 +68,10 @@ def forkserver() -> ForkServerContext:
 
 @pytest.fixture
 def runs(request: pytest.FixtureRequest) -> Callable[[int], int]:
+    """``--runs N`` (hook in tests/conftest.py) or ``STORAGE_CRASH_RUNS``."""
     chosen = request.config.getoption("--runs", default=None)
+    if chosen is None:
+        chosen = os.environ.get("STORAGE_CRASH_RUNS")
 
     def how_many(default: int) -> int:
         return int(chosen) if chosen is not None else default
@@ -209,7 +213,9 @@ def test_rotation_survives_sigkill_and_a_rerun_finishes_it(
         seen["killed with the file behind the primary"] += (
             file_key_id != keyset.primary_id
         )
-        seen["rotations acknowledged"] += len(messages) - 1
+        seen["rotations acknowledged"] += sum(
+            kind == "ack" for kind, _ in messages
+        )
 
         rotate(sealed.path, STORE_NAME, keysets)
 
@@ -228,12 +234,14 @@ def test_rotation_survives_sigkill_and_a_rerun_finishes_it(
 # -- two writers --
 
 
-def test_two_processes_persisting_concurrently_do_not_corrupt_the_store(
-    tmp_path: Path, forkserver: ForkServerContext
-) -> None:
-    keyset = Keyset.generate()
-    sealed = SealedFile(tmp_path / "store" / "crash.sealed", STORE_NAME)
-    writes = 40
+def run_two_writers(
+    forkserver: ForkServerContext,
+    sealed: SealedFile,
+    keyset: Keyset,
+    writes: int,
+    lock_timeout_s: float,
+) -> tuple[Counter[str], int]:
+    """Two processes write concurrently while this one keeps reading."""
     children = [
         start(
             forkserver,
@@ -243,7 +251,7 @@ def test_two_processes_persisting_concurrently_do_not_corrupt_the_store(
             keyset.to_json(),
             writer,
             writes,
-            10.0,
+            lock_timeout_s,
         )
         for writer in (1, 2)
     ]
@@ -261,18 +269,43 @@ def test_two_processes_persisting_concurrently_do_not_corrupt_the_store(
             reads += 1
         for key, acks in list(pending.items()):
             while key in pending and acks.poll(0):
-                kind, _ = acks.recv()
-                outcomes[kind] += 1
+                kind, detail = acks.recv()
+                outcomes[f"{kind} {detail}" if kind == "error" else kind] += 1
                 if kind == "done":
                     del pending[key]
     for child, _ in children:
         child.join(CHILD_TIMEOUT_S)
-
     assert pending == {}
-    assert outcomes == Counter({"ok": 2 * writes, "done": 2})
+    return outcomes, reads
+
+
+def test_two_processes_persisting_concurrently_wait_for_each_other(
+    tmp_path: Path, forkserver: ForkServerContext
+) -> None:
+    keyset = Keyset.generate()
+    sealed = SealedFile(tmp_path / "store" / "crash.sealed", STORE_NAME)
+
+    outcomes, reads = run_two_writers(forkserver, sealed, keyset, 40, 10.0)
+
+    assert outcomes == Counter({"ok": 80, "done": 2})
     assert reads > 0
     final = json.loads(sealed.read(keyset))
-    assert final["step"] == writes - 1
+    assert final["step"] == 39
+
+
+def test_two_processes_that_cannot_wait_get_store_locked_only(
+    tmp_path: Path, forkserver: ForkServerContext
+) -> None:
+    keyset = Keyset.generate()
+    sealed = SealedFile(tmp_path / "store" / "crash.sealed", STORE_NAME)
+
+    outcomes, _ = run_two_writers(forkserver, sealed, keyset, 40, 0.0)
+
+    print(f"two writers without waiting: {outcomes}")
+    assert set(outcomes) <= {"ok", "done", "error StoreLockedError"}
+    assert outcomes["ok"] + outcomes["error StoreLockedError"] == 80
+    assert outcomes["ok"] > 0
+    assert json.loads(sealed.read(keyset))["writer"] in (1, 2)
 
 
 def test_a_writer_blocked_by_another_process_gets_store_locked(

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import time
+from datetime import UTC, datetime
 
 import keyring.core
 import keyring.errors
@@ -19,6 +20,7 @@ from storage_fakes import (
     RaisingKeyring,
 )
 
+from secure_store.cleaninsights.clock import FrozenClock, use_clock
 from secure_store.errors import (
     InsecureKeyringError,
     KeyMissingError,
@@ -198,6 +200,18 @@ def test_create_replaces_a_damaged_entry() -> None:
     keyset = keysets.create("shop-app")
 
     assert keysets.load("shop-app") == keyset
+
+
+def test_create_keeps_a_damaged_entry_aside_with_a_timestamp() -> None:
+    backend = MemoryKeyring()
+    backend.entries[("secure-store", "shop-app")] = "{garbage"
+    instant = datetime(2026, 12, 4, 17, 30, 1, 250000, tzinfo=UTC)
+
+    with use_clock(FrozenClock(instant)):
+        KeyringKeysets(backend=backend).create("shop-app")
+
+    aside = ("secure-store", "shop-app#damaged-20261204T173001.250000Z")
+    assert backend.entries[aside] == "{garbage"
 
 
 def test_delete_removes_the_entry() -> None:

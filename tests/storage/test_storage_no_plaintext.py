@@ -13,7 +13,6 @@ from storage_fakes import MemoryKeyring
 from secure_store.storage import (
     KeyringKeysets,
     SealedFile,
-    sealed_file,
     write_store,
 )
 
@@ -109,7 +108,7 @@ def test_no_file_in_the_folder_ever_holds_plaintext_during_persists(
             found.append((Path(source).name, leaked(data)))
         real_replace(source, target)
 
-    monkeypatch.setattr(sealed_file.os, "replace", checked_replace)
+    monkeypatch.setattr(os, "replace", checked_replace)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:

@@ -318,3 +318,22 @@ def test_describe_of_a_missing_file(
     assert info["exists"] is False
     assert info["key_id"] is None
     assert info["keyring_has_key"] is None
+
+
+@pytest.mark.slow
+def test_rotating_a_100k_point_store_takes_under_a_second(
+    keysets: KeyringKeysets, path: Path
+) -> None:
+    from bench_storage import store_json
+
+    plaintext = store_json(100_000)
+    sealed = SealedFile(path, "app")
+    sealed.write(plaintext, keysets.create("app"))
+
+    result = rotate(path, "app", keysets)
+
+    after = keysets.load("app")
+    assert after is not None
+    assert sealed.read(after) == plaintext
+    assert 10_000_000 < len(plaintext) < 20_000_000
+    assert result.duration_s < 1.0

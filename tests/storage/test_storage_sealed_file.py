@@ -17,7 +17,6 @@ from secure_store.errors import (
     StoreFileError,
     StoreLockedError,
 )
-from secure_store.storage import sealed_file
 from secure_store.storage.keys import Keyset
 from secure_store.storage.sealed_file import (
     AEAD_CHACHA20_POLY1305,
@@ -286,7 +285,7 @@ def test_the_temp_file_is_0600_and_complete_when_renamed(
         )
         real_replace(source, target)
 
-    monkeypatch.setattr(sealed_file.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     old_umask = os.umask(0)
     try:
         data = written(sealed)
@@ -311,7 +310,7 @@ def test_a_write_fsyncs_the_file_and_the_folder(
         )
         real_fsync(fd)
 
-    monkeypatch.setattr(sealed_file.os, "fsync", spy)
+    monkeypatch.setattr(os, "fsync", spy)
     written(sealed)
 
     assert synced == ["file", "folder"]
@@ -325,7 +324,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sealed_file.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="No space"):
         sealed.write(b"{}", KEYSET)
 

@@ -14,6 +14,8 @@ from transport_parts import (
     ScriptedServer,
     SilentListener,
     SocksServer,
+    TricklingSocksProxy,
+    TricklingTlsServer,
     free_port,
 )
 
@@ -573,3 +575,45 @@ def test_concurrent_posts_are_serialised_and_all_delivered(
 
     assert errors == []
     assert len(server.received) == 4
+
+
+def test_proxy_that_trickles_the_handshake_is_cut_off_at_the_deadline(
+    make_server: MakeServer, sender_for: Any
+) -> None:
+    # 12 bytes, one per 0.3 s: 3.6 s, though no read waits 0.5 s.
+    proxy = TricklingSocksProxy(delay_s=0.3)
+    server = make_server()
+
+    try:
+        elapsed, error = _timed(
+            lambda: sender_for(f"socks5h://127.0.0.1:{proxy.port}").post(
+                server.url, BODY, TIMEOUT_S
+            )
+        )
+    finally:
+        proxy.stop()
+
+    assert isinstance(error, SendTimeoutError)
+    assert "deadline" in str(error)
+    assert TIMEOUT_S * ATTEMPTS - 0.1 <= elapsed < BOUND_S
+    assert proxy.accepted == 1
+
+
+def test_tls_handshake_that_trickles_is_cut_off_at_the_deadline(
+    pproxy: SocksServer, sender_for: Any
+) -> None:
+    # A TLS record header promising 16 KiB, then one byte per 0.2 s.
+    server = TricklingTlsServer(delay_s=0.2)
+
+    try:
+        elapsed, error = _timed(
+            lambda: sender_for(pproxy.url).post(
+                f"https://localhost:{server.port}/report", BODY, TIMEOUT_S
+            )
+        )
+    finally:
+        server.stop()
+
+    assert isinstance(error, SendTimeoutError)
+    assert "deadline" in str(error)
+    assert TIMEOUT_S * ATTEMPTS - 0.1 <= elapsed < BOUND_S

@@ -396,3 +396,47 @@ def make_certificates(folder: Path) -> Certificates:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(chain_path)
     return Certificates(ca_path, context)
+
+
+class TricklingSocksProxy(SilentListener):
+    """A SOCKS5 'proxy' that answers the handshake one byte at a time.
+
+    Each byte comes well within any read timeout, but the whole handshake
+    takes longer than a send's deadline.
+    """
+
+    # Method "no auth", then "succeeded, bound to 0.0.0.0:0".
+    ANSWER = b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6)
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        super().__init__()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)
+            threading.Thread(
+                target=self._trickle, args=(conn,), daemon=True
+            ).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        for byte in self.ANSWER:
+            if self._stop.wait(self.delay_s):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+
+class TricklingTlsServer(TricklingSocksProxy):
+    """A 'TLS server' that sends a 16 KiB handshake record byte by byte."""
+
+    ANSWER = b"\x16\x03\x03\x40\x00" + bytes(16 * 1024)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .network import LoneTor, TorNetwork, TorNetworkError, running_network
+from .network import LoneTor, TorNetwork, TorNetworkError
 
-__all__ = ["LoneTor", "TorNetwork", "TorNetworkError", "running_network"]
+__all__ = ["LoneTor", "TorNetwork", "TorNetworkError"]

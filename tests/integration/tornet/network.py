@@ -30,7 +30,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -215,7 +214,9 @@ def pick_base_port(n_ports: int, preferred: int | None = None) -> int:
     raise TorNetworkError("no free port block found on 127.0.0.1")
 
 
-def parse_proc_address(hex_address: str) -> ipaddress.IPv4Address | Any:
+def parse_proc_address(
+    hex_address: str,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """An address of /proc/net/tcp (hex, host byte order) as an IP."""
     ip_hex, _, _port = hex_address.partition(":")
     raw = bytes.fromhex(ip_hex)
@@ -840,17 +841,6 @@ def _count_relays(consensus: str) -> tuple[int, int]:
         elif line.startswith("s ") and "Exit" in line.split():
             exits += 1
     return relays, exits
-
-
-@contextlib.contextmanager
-def running_network(work_dir: Path, **kwargs: Any) -> Iterator[TorNetwork]:
-    """A started network, stopped in a finally."""
-    net = TorNetwork(work_dir, **kwargs)
-    try:
-        net.start()
-        yield net
-    finally:
-        net.stop()
 
 
 class LoneTor:

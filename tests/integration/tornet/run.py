@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,9 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("stem").setLevel(logging.WARNING)
+    # A background job ignores SIGINT; SIGTERM must also stop the network
+    # through the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     results = []
     for run in range(1, args.runs + 1):
@@ -44,7 +48,8 @@ def main() -> int:
             print(json.dumps({"run": run, **times}), flush=True)
             if args.hold:
                 print(f"SOCKS {net.proxy_url()}  onion {net.echo_onion}")
-                print(f"work dir {work}; Ctrl-C stops", flush=True)
+                print(f"ControlPort {net.client_control_port}")
+                print(f"work dir {work}; Ctrl-C or SIGTERM stops", flush=True)
                 while True:
                     time.sleep(3600)
         except KeyboardInterrupt:
