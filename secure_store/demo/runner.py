@@ -120,9 +120,11 @@ class _Steps:
         elapsed = time.perf_counter() - started
         self.timings.append((title, elapsed))
         self.out.write(f"   ({elapsed * 1000:.1f} ms)\n")
+        self.out.flush()
 
     def say(self, text: str) -> None:
         self.out.write(f"   {text}\n")
+        self.out.flush()
 
 
 def pick_keyring(folder: Path) -> tuple[keyring.backend.KeyringBackend, bool]:
@@ -350,7 +352,9 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     for title, elapsed in steps.timings:
         out.write(f"   {elapsed * 1000:8.1f} ms  {title}\n")
     total = time.perf_counter() - started
-    out.write(f"   {total * 1000:8.1f} ms  total\n")
+    out.write(
+        f"   {total * 1000:8.1f} ms  total, with start-up and clean-up\n"
+    )
     out.write(
         "\nOK: the CIMP received exactly the measured visits and events, "
         "sealed at rest and in transit, through the SOCKS5 proxy.\n"
