@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +29,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
     key = GatewayKey.generate(Suite(args.suite), key_id=args.key_id)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SecureStoreError(
-            f"{out} exists; refusing to overwrite a private key (--force)"
-        )
-    key.save(out)
+    key.save(out, overwrite=args.force)
     print(
         f"# private key (key id {key.key_id}, {args.suite}) written to {out}"
     )
@@ -110,13 +107,27 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_check_proxy(args: argparse.Namespace) -> int:
     from .transport.tor import check_proxy
 
+    password = None
+    if args.control_password_env:
+        password = os.environ.get(args.control_password_env)
+        if password is None:
+            raise SecureStoreError(
+                f"--control-password-env names {args.control_password_env}, "
+                "which is not set"
+            )
     report = check_proxy(
         args.proxy,
         control_port=args.control_port,
+        control_host=args.control_host,
+        control_password=password,
+        control_cookie_path=args.control_cookie,
         target_url=args.target,
         timeout_s=args.timeout,
     )
-    print(report.describe())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(report.describe())
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -199,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--proxy", default="socks5h://127.0.0.1:9050")
     check.add_argument("--control-port", type=int, default=None)
+    check.add_argument("--control-host", default=None)
+    check.add_argument(
+        "--control-cookie", default=None, help="Tor's control auth cookie"
+    )
+    check.add_argument(
+        "--control-password-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the control port password",
+    )
+    check.add_argument("--json", action="store_true")
     check.add_argument("--target", default=None)
     check.add_argument("--timeout", type=float, default=10.0)
     check.set_defaults(run=_cmd_check_proxy)

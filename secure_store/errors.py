@@ -106,7 +106,7 @@ class RejectedError(SendError):
 
 
 class ServerFailureError(SendError):
-    """The server answered 5xx, also after retries."""
+    """The server answered 5xx or 429, also after retries."""
 
 
 # -- gateway -----------------------------------------------------------------

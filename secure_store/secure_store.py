@@ -29,7 +29,7 @@ from .errors import (
     StoreFileError,
 )
 from .storage.keys import KeyringKeysets, Keyset
-from .storage.sealed_file import SealedFile
+from .storage.sealed_file import SealedFile, open_store, write_store
 from .transport import envelope
 from .transport.proxy import (
     DEFAULT_PROXY_URL,
@@ -365,26 +365,14 @@ class SecureStore(Store):
     # -- internals ----------------------------------------------------------
 
     def _load(self) -> dict[str, Any] | None:
-        self._file.remove_leftovers()
-        keyset = self._keysets.load(self.name)
-        if not self._file.exists():
-            self._keyset = keyset or self._keysets.create(self.name)
-            self.debug("no store file yet; starting empty")
+        opened = open_store(self._file, self._keysets)
+        self._keyset = opened.keyset
+        if opened.quarantined is not None:
+            self._note_quarantine(opened.quarantined, opened.reason or "")
+        if opened.plaintext is None:
+            self.debug("no readable store file; starting empty")
             return None
-        if keyset is None:
-            # The file exists but its key is gone: that store is lost to us.
-            # Keep it aside for a user who may still find the key.
-            self._quarantine(KeyMissingError("the keyring has no keyset"))
-            self._keyset = self._keysets.create(self.name)
-            return None
-        try:
-            plaintext = self._file.read(keyset)
-        except (StoreFileError, KeyMissingError) as exc:
-            self._quarantine(exc)
-            self._keyset = keyset
-            return None
-        self._keyset = keyset
-        return self._parse(plaintext)
+        return self._parse(opened.plaintext)
 
     def _parse(self, plaintext: bytes) -> dict[str, Any] | None:
         try:
@@ -403,10 +391,16 @@ class SecureStore(Store):
         return data
 
     def _quarantine(self, reason: SecureStoreError) -> None:
-        moved = self._file.quarantine(str(reason))
+        """Move a file that opened but holds no store JSON aside."""
+        self._note_quarantine(self._file.quarantine(str(reason)), str(reason))
+
+    def _note_quarantine(self, moved: Path, reason: str) -> None:
         self.quarantined.append(moved)
-        self.load_error = reason
-        self.debug(f"store could not be opened ({reason}); kept as {moved}")
+        self.load_error = StoreFileError(
+            f"store {self.name!r} could not be opened ({reason}); "
+            f"kept as {moved}, starting empty"
+        )
+        self.debug(str(self.load_error))
 
     def _snapshot(self) -> tuple[int, bytes]:
         with self._state_lock:
@@ -417,7 +411,12 @@ class SecureStore(Store):
         keyset = self._keyset
         if keyset is None:
             raise StorageError(f"store {self.name!r} has no key to seal with")
-        self._file.write(snapshot, keyset)
+        try:
+            self._file.write(snapshot, keyset)
+        except KeyMissingError:
+            # Another process rotated the key (`secure-store rotate-key`):
+            # follow it rather than undo it.
+            self._keyset = write_store(self._file, self._keysets, snapshot)
 
     def _require_key_config(self) -> envelope.KeyConfig:
         if self.key_config is None:

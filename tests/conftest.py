@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from jaraco.classes import properties
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
+from support import MemoryKeyring
 
 from secure_store.cleaninsights.clock import FrozenClock, use_clock
 from secure_store.demo.receiver import CimpReceiver
 from secure_store.demo.socks import Pproxy
 
 
-class MemoryKeyring(KeyringBackend):
-    """An in-memory keyring for unit tests (never chosen automatically)."""
-
-    @properties.classproperty
-    def priority(cls) -> float:
-        raise RuntimeError("test backend; only used when passed explicitly")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: dict[tuple[str, str], str] = {}
-        self.lock = threading.Lock()
-
-    def get_password(self, service: str, username: str) -> str | None:
-        with self.lock:
-            return self.entries.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        with self.lock:
-            self.entries[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        with self.lock:
-            if self.entries.pop((service, username), None) is None:
-                raise PasswordDeleteError("no such password")
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runs",
+        type=int,
+        default=None,
+        help="how many times each crash harness kills its child "
+        "(default: 200 for persist, 100 for rotation)",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -82,16 +62,3 @@ def cimp() -> Iterator[CimpReceiver]:
 def socks_proxy() -> Iterator[Pproxy]:
     with Pproxy() as proxy:
         yield proxy
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll ``condition`` until it is truthy; return its last value."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    return condition()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import MemoryKeyring
+from support import MemoryKeyring
 
 from secure_store import CleanInsights, SecureStore
 from secure_store.cleaninsights.clock import FrozenClock

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import keyring
 import pytest
-from conftest import MemoryKeyring
+from support import MemoryKeyring
 
 from secure_store import CleanInsights, SecureStore
 from secure_store.cleaninsights.clock import FrozenClock

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MemoryKeyring, wait_for
+from support import MemoryKeyring, wait_for
 
 from secure_store import CleanInsights, SecureStore
 from secure_store.cleaninsights.clock import FrozenClock

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MemoryKeyring, wait_for
+from support import MemoryKeyring, wait_for
 from test_end_to_end import (
     EXPECTED_REPORT,
     PERIOD_END,

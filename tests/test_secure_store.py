@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MemoryKeyring
+from support import MemoryKeyring
 
 from secure_store import CleanInsights, Feature, SecureStore
 from secure_store.cleaninsights.clock import FrozenClock

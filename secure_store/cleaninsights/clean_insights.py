@@ -20,6 +20,37 @@ flaw there):
 * Nothing sends "evenly distributed over the day": sending happens only
   when ``measure_*``, ``grant_*``, ``deny_*`` or :meth:`persist_and_send`
   is called, and only for periods that are over.
+* ``store`` is required (``TypeError`` without one); only
+  :meth:`~CleanInsights.auto_track` makes a :class:`FileStore` itself.
+
+Choices where the reference leaves Python open:
+
+* ``conf`` is a :class:`Configuration`, a JSON-shaped dict, or the path
+  of a JSON file; zone-less instants are UTC.
+* ``lang`` comes from ``languages=`` or the process locale, ``ua`` from
+  ``user_agent=`` or ``secure-store/<version> (<system> <release>;
+  <machine>) Python/<version>``; both only when the feature is granted.
+* :meth:`~CleanInsights.request_consent_for_campaign`,
+  :meth:`~CleanInsights.request_consent_for_feature` (with
+  :class:`ConsentRequestUi`), :meth:`~CleanInsights.test_server` and
+  :meth:`~CleanInsights.can_ask_consent_for_campaign` exist; the
+  by-index getters and ``measure_simple_event`` do not.
+* :meth:`~CleanInsights.auto_track`'s campaign ``"visits"`` runs from
+  2000-01-01T00:00Z to 9999-12-31T23:59:59Z in daily periods, a consent
+  covers 365 of them, the app-start scene is ``["app-start"]``, and there
+  is one tracker per folder in a process.
+* A measurement whose names are not text (or cannot be written as
+  UTF-8), whose scene path is a bare string, or whose value is not None
+  or a finite number is discarded with a debug message, like one for an
+  unknown campaign, never with an exception.
+* With server-side anonymous usage, ``consent_for_campaign`` of an
+  unconfigured id is None (``state_of_campaign`` still reads
+  ``granted``, as in the reference).
+* :meth:`~CleanInsights.persist_and_send` is public, so an app can send
+  finished periods without measuring.
+* The watchdog runs on real time (a ``threading.Timer``), not on
+  :mod:`.clock`: it guards against a store that hangs, which a frozen
+  test clock cannot show.
 
 Behaviour kept from the reference and documented:
 
@@ -153,8 +184,10 @@ def default_user_agent() -> str:
     """Build ``secure-store/<version> (<system> <release>; <machine>) ...``."""
     try:
         version = metadata.version(_PACKAGE)
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    except metadata.PackageNotFoundError:  # running from a source tree
+        import secure_store
+
+        version = getattr(secure_store, "__version__", "unknown")
     system = platform.system() or "unknown"
     return (
         f"{_PACKAGE}/{version} ({system} {platform.release()}; "
@@ -443,7 +476,9 @@ class CleanInsights:
                     store = FileStore(key / AUTO_TRACK_FILE_NAME)
                 tracker = cls(conf, store)
                 cls._auto_trackers[key] = tracker
-        tracker.measure_visit(list(AUTO_TRACK_SCENE_PATH), "visits")
+        tracker.measure_visit(
+            list(AUTO_TRACK_SCENE_PATH), AUTO_TRACK_CAMPAIGN_ID
+        )
         return tracker
 
     # -- measuring ---------------------------------------------------------

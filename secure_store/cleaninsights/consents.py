@@ -282,10 +282,14 @@ class Consents:
         }
 
     @classmethod
-    def from_dict(cls, data: object) -> Consents:
+    def from_dict(
+        cls, data: object, skipped: list[str] | None = None
+    ) -> Consents:
         """Build consents from their store JSON object (or a Consents).
 
-        Raises ``ValueError`` naming the first record that is malformed.
+        A malformed record is left out and its key path (such as
+        ``consents.campaigns.x``) appended to ``skipped``; raises
+        ``ValueError`` only when ``data`` is not an object at all.
         """
         if isinstance(data, Consents):
             return data
@@ -300,12 +304,15 @@ class Consents:
         ):
             records = data.get(key) or {}
             if not isinstance(records, Mapping):
-                raise ValueError(f"consents.{key} is not an object")
+                if skipped is not None:
+                    skipped.append(f"consents.{key}")
+                continue
             for name, record in records.items():
                 try:
                     target[str(name)] = Consent.from_dict(record)
-                except ValueError as exc:
-                    raise ValueError(f"consents.{key}.{name}: {exc}") from exc
+                except ValueError:
+                    if skipped is not None:
+                        skipped.append(f"consents.{key}.{name}")
         return result
 
     def __eq__(self, other: object) -> bool:

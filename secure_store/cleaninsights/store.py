@@ -192,11 +192,17 @@ class Store(abc.ABC):
             self.debug("Store: loaded data is not a mapping; ignored.")
             logger.warning("loaded store data is not a mapping; ignored")
             return
+        skipped: list[str] = []
         try:
-            self.consents = Consents.from_dict(data.get("consents"))
+            self.consents = Consents.from_dict(data.get("consents"), skipped)
         except ValueError as exc:
-            self.debug(f"Store: consents ignored: {exc}")
-            logger.warning("stored consents ignored: %s", exc)
+            skipped.append("consents")
+            logger.debug("stored consents unreadable: %s", exc)
+        if skipped:
+            self.debug(f"Store: skipped malformed {', '.join(skipped)}.")
+            logger.warning(
+                "skipped %d malformed stored consents", len(skipped)
+            )
 
         reader = PointReader()
         self.visits = self._read_points(
@@ -311,6 +317,8 @@ def post_cimp(data: str, server: str, timeout: float) -> None:
         raise SendTimeoutError(f"no answer within {timeout} s") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):  # timed out while connecting
+            raise SendTimeoutError(f"no answer within {timeout} s") from exc
         raise ServerUnreachableError(f"server unreachable: {reason}") from exc
     if status not in _OK_STATUSES:
         text = body.decode("utf-8", "replace")

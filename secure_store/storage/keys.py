@@ -315,7 +315,10 @@ class KeyringKeysets:
             return secure[0]  # the chainer sorts by priority, best first
         if chained:
             return chained[0]  # insecure: refused or warned about later
-        return found
+        raise KeyringUnavailableError(
+            f"no usable keyring backend: found {backend_label(found)} "
+            f"with nothing to chain; {FIX_HINT}"
+        )
 
     # -- calls with a deadline
 

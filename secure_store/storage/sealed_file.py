@@ -248,7 +248,7 @@ class SealedFile:
 
     @contextlib.contextmanager
     def locked(self, timeout_s: float | None = None) -> Iterator[None]:
-        """Hold the store's write lock (re-entrant within this object).
+        """Hold the store's write lock (re-entrant per object and thread).
 
         Use it to make a read-modify-write atomic, for example reloading the
         keyset and writing under one lock; :meth:`write` inside it does not

@@ -220,3 +220,19 @@ def test_file_store_end_to_end(
         b'1705449600,"period_end":1705536000,"times":1}],"events":[]}'
     ]
     assert FileStore(path).visits == []
+
+
+def test_post_without_an_answer_times_out() -> None:
+    import socket
+    import time
+
+    from secure_store.errors import SendTimeoutError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # the kernel accepts; nobody ever answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        started = time.monotonic()
+        with pytest.raises(SendTimeoutError):
+            post_cimp("{}", url, 0.3)
+        assert time.monotonic() - started < 2

@@ -288,3 +288,61 @@ def test_to_json_is_json_dumps_of_to_dict(
     assert store.to_json() == json.dumps(
         store.to_dict(), separators=(",", ":"), ensure_ascii=False
     )
+
+
+existing_visit = st.builds(
+    lambda path, campaign, first_h, length_h, times: Visit(
+        path,
+        campaign,
+        times,
+        PERIOD_START + timedelta(hours=first_h),
+        PERIOD_START + timedelta(hours=first_h + length_h),
+    ),
+    st.sampled_from([["Main"], ["Main", "Settings"], ["Main/Settings"]]),
+    st.sampled_from(["c", "other"]),
+    st.integers(-200, 200),
+    st.integers(0, 200),
+    st.integers(1, 5),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(existing_visit, max_size=8),
+    st.sampled_from([["Main"], ["Main", "Settings"]]),
+)
+def test_measurement_updates_the_first_match_in_list_order(
+    stored: list[Visit], path: list[str]
+) -> None:
+    # The reference's linear search, written out: same campaign, same
+    # joined path, first and last inside the current period.
+    period_end = PERIOD_START + timedelta(days=7)
+    expected_index = next(
+        (
+            i
+            for i, v in enumerate(stored)
+            if v.campaign_id == "c"
+            and "/".join(v.scene_path) == "/".join(path)
+            and PERIOD_START <= v.first <= period_end
+            and PERIOD_START <= v.last <= period_end
+        ),
+        None,
+    )
+    before = [v.times for v in stored]
+    clock = FrozenClock(PERIOD_START + timedelta(hours=1))
+    store = MemoryStore(data={"visits": stored})
+    conf = campaign_conf("sum", False)
+    conf["maxAgeOfOldData"] = 1000
+    with use_clock(clock):
+        ci = CleanInsights(conf, store, languages=[])
+        # Points whose period is over would be sent; keep them.
+        ci._sending = True
+        ci.measure_visit(path, "c")
+    after = [v.times for v in store.visits[: len(before)]]
+    if expected_index is None:
+        assert after == before
+        assert len(store.visits) == len(before) + 1
+    else:
+        before[expected_index] += 1
+        assert after == before
+        assert len(store.visits) == len(before)

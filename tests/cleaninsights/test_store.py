@@ -370,3 +370,13 @@ def test_to_json_follows_an_overridden_to_dict() -> None:
             return data
 
     assert Overriding().to_json().endswith(',"extra":1}')
+
+
+def test_one_malformed_consent_does_not_lose_the_others() -> None:
+    messages: list[str] = []
+    data = json.loads(OTHER_SDK_JSON)
+    data["consents"]["campaigns"]["broken"] = {"granted": "yes"}
+    store = MemoryStore(debug=messages.append, data=data)
+    assert list(store.consents.campaigns) == ["weekly-screens"]
+    assert list(store.consents.features) == ["lang"]
+    assert messages == ["Store: skipped malformed consents.campaigns.broken."]

@@ -332,6 +332,11 @@ def test_a_chainer_of_plaintext_backends_only_is_refused() -> None:
         KeyringKeysets(backend=chained).load("s")
 
 
+def test_an_empty_chainer_is_unavailable() -> None:
+    with pytest.raises(KeyringUnavailableError, match="nothing to chain"):
+        KeyringKeysets(backend=FakeChainer([])).load("s")
+
+
 def test_a_broken_backend_setting_names_python_keyring_backend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
