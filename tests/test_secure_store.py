@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from keyring.errors import KeyringLocked
 from support import MemoryKeyring
 
 from secure_store import CleanInsights, Feature, SecureStore
@@ -16,6 +17,7 @@ from secure_store.errors import (
     ConfigurationError,
     KeyConfigError,
     KeyMissingError,
+    KeyringLockedError,
     ProxyConfigError,
     SecureStoreError,
     StoreFileError,
@@ -231,3 +233,61 @@ def test_send_without_key_config_fails_through_done(
     assert len(calls) == 1
     assert isinstance(calls[0], KeyConfigError)
     store.close()
+
+
+def test_lost_key_quarantines_the_file_and_a_new_store_works(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    store.close()
+    original = (tmp_path / "app.sstore").read_bytes()
+    memory_keyring.delete_password(KEYRING_SERVICE, "app")
+
+    reopened = open_store(tmp_path, memory_keyring)
+    ci = CleanInsights(CONF, reopened)
+    ci.grant_campaign(CAMPAIGN)
+    ci.measure_visit(SCENE, CAMPAIGN)
+    ci.persist()
+    reopened.close()
+
+    assert isinstance(reopened.load_error, SecureStoreError)
+    assert [q.read_bytes() for q in reopened.quarantined] == [original]
+    again = open_store(tmp_path, memory_keyring)
+    assert [v.times for v in again.visits] == [1]
+    again.close()
+
+
+class LockedKeyring(MemoryKeyring):
+    """A keyring whose collection is locked: every call fails."""
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise KeyringLocked("Failed to unlock the collection!")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise KeyringLocked("Failed to unlock the collection!")
+
+
+def test_locked_keyring_leaves_the_store_file_untouched(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    store.close()
+    original = (tmp_path / "app.sstore").read_bytes()
+
+    locked = open_store(tmp_path, LockedKeyring())
+    ci = CleanInsights(CONF, locked)
+    ci.grant_campaign(CAMPAIGN)
+    ci.measure_visit(SCENE, CAMPAIGN)
+    results: list[Exception | None] = []
+    locked.persist(False, results.append)
+    locked.close()
+
+    assert isinstance(locked.load_error, KeyringLockedError)
+    assert len(results) == 1
+    assert isinstance(results[0], SecureStoreError)
+    assert locked.quarantined == []
+    assert (tmp_path / "app.sstore").read_bytes() == original
+    stores = sorted(p.name for p in tmp_path.glob("app.*"))
+    assert stores == ["app.sstore", "app.sstore.lock"]

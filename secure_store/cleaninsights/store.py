@@ -371,7 +371,13 @@ class FileStore(Store):
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
-            aside = self._move_aside(path)
+            try:
+                aside = self._move_aside(path)
+            except OSError as move_error:
+                raise StorageError(
+                    f"store file {path} is damaged and cannot be moved "
+                    f"aside: {move_error.strerror}"
+                ) from move_error
             self.debug(f"FileStore: damaged store file moved to {aside}.")
             logger.warning(
                 "damaged store file moved to %s (%s)", aside, type(exc)

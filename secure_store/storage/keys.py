@@ -197,10 +197,9 @@ def backend_label(backend: keyring.backend.KeyringBackend) -> str:
     cls = type(backend)
     name = f"{cls.__module__}.{cls.__qualname__}"
     try:
-        priority = backend.priority
+        return f"{name} (priority {backend.priority:g})"
     except Exception:  # a backend may refuse to rate itself
         return name
-    return f"{name} (priority {priority:g})"
 
 
 def _qualified_name(backend: keyring.backend.KeyringBackend) -> str:

@@ -139,7 +139,7 @@ class _SendState:
     def register(self, sock: socket.socket) -> None:
         handle = socket.fromfd(sock.fileno(), sock.family, sock.type)
         with self.lock:
-            pass
+            handle.close()
             if self.expired:
                 _shut(handle)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -107,3 +108,51 @@ def lock_holder(
         acks.send(("locked", 0))
         time.sleep(hold_s)
     acks.send(("released", 0))
+
+
+def secure_store_persist_loop(
+    store_path: str,
+    store_name: str,
+    keyring_path: str,
+    start: int,
+    seed: int,
+    acks: Connection,
+) -> None:
+    """Persist through SecureStore (sync and async mixed) until killed.
+
+    The first visit's ``times`` is the counter; ``done(None)`` acknowledges
+    it. Filler visits vary the size of each write.
+    """
+    from secure_store.cleaninsights import Visit
+    from secure_store.secure_store import SecureStore
+
+    rng = random.Random(seed)
+    send_lock = threading.Lock()
+
+    def acknowledge(counter: int, error: Exception | None) -> None:
+        with send_lock:  # done may run on the persist worker
+            if error is None:
+                acks.send(("ack", counter))
+            else:
+                acks.send(("error", repr(error)))
+
+    store = SecureStore(
+        name=store_name,
+        path=store_path,
+        keyring_backend=FileKeyring(keyring_path),
+    )
+    with send_lock:
+        acks.send(("ready", start))
+    counter = start
+    while True:
+        counter += 1
+        filler = [
+            Visit(["filler", str(n)], "crash")
+            for n in range(rng.randrange(2000))
+        ]
+        store.visits = [Visit(["crash", "counter"], "crash", times=counter)]
+        store.visits += filler
+        store.persist(
+            rng.random() < 0.5,
+            lambda error, c=counter: acknowledge(c, error),
+        )

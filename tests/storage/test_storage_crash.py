@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import crash_child
 import pytest
@@ -39,8 +39,12 @@ from secure_store.storage import (
     rotate,
 )
 
+if TYPE_CHECKING:
+    from secure_store.secure_store import SecureStore
+
 PERSIST_RUNS = 200
 ROTATION_RUNS = 100
+SECURE_STORE_RUNS = 100
 # Long enough for several writes of up to 200 kB with two fsyncs each, so a
 # kill lands before, during and after writes alike.
 MAX_KILL_DELAY_S = 0.03
@@ -59,7 +63,9 @@ def forkserver() -> ForkServerContext:
     would spend about 40 ms importing.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["crash_child", "storage_fakes"])
+    context.set_forkserver_preload(
+        ["crash_child", "storage_fakes", "secure_store.secure_store"]
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
         multiprocessing.forkserver.ensure_running()
@@ -229,6 +235,71 @@ def test_rotation_survives_sigkill_and_a_rerun_finishes_it(
     print(f"rotation crash harness: {total} kills in {elapsed:.1f} s; {seen}")
     if total >= 50:
         assert seen["killed with 2 key(s) in the keyring"] > 0
+
+
+def open_secure_store(path: Path, keyring_path: Path) -> SecureStore:
+    # Imported here: a broken SecureStore fails this test, not the module.
+    from secure_store.secure_store import SecureStore
+
+    return SecureStore(
+        name=STORE_NAME,
+        path=path,
+        keyring_backend=FileKeyring(keyring_path),
+    )
+
+
+def test_secure_store_persist_survives_sigkill_at_random_moments(
+    tmp_path: Path,
+    forkserver: ForkServerContext,
+    runs: Callable[[int], int],
+    rng: random.Random,
+) -> None:
+    from secure_store.cleaninsights import Visit
+
+    total = runs(SECURE_STORE_RUNS)
+    path = tmp_path / "store" / "crash.sealed"
+    keyring_path = tmp_path / "keyring.json"
+    with open_secure_store(path, keyring_path) as store:
+        store.visits = [Visit(["crash", "counter"], "crash", times=1)]
+        store.persist(False, lambda error: None)
+    verified = 1
+    seen: Counter[str] = Counter()
+    started = time.monotonic()
+
+    for run in range(total):
+        child, acks = start(
+            forkserver,
+            crash_child.secure_store_persist_loop,
+            str(path),
+            STORE_NAME,
+            str(keyring_path),
+            verified,
+            rng.randrange(2**32),
+        )
+        expect(acks, "ready")
+        time.sleep(rng.uniform(0, MAX_KILL_DELAY_S))
+        messages = kill_and_drain(child, acks)
+
+        assert [m for m in messages if m[0] == "error"] == []
+        acked = [value for kind, value in messages if kind == "ack"]
+        last_acked = max(acked, default=verified)
+        seen["killed with a temp file on disk"] += bool(
+            temp_files(path.parent)
+        )
+        with open_secure_store(path, keyring_path) as store:
+            assert store.load_error is None, f"run {run}"
+            assert store.quarantined == []
+            counter = store.visits[0].times
+        assert counter >= last_acked, f"run {run}"
+        assert temp_files(path.parent) == []
+        seen["newer than the last ack"] += counter > last_acked
+        seen["persists acknowledged"] += len(acked)
+        verified = counter
+
+    elapsed = time.monotonic() - started
+    print(
+        f"SecureStore crash harness: {total} kills in {elapsed:.1f} s; {seen}"
+    )
 
 
 # -- two writers --

@@ -14,6 +14,7 @@ import pytest
 from secure_store.cleaninsights.clock import FrozenClock, use_clock
 from secure_store.errors import (
     KeyMissingError,
+    StorageError,
     StoreFileError,
     StoreLockedError,
 )
@@ -258,6 +259,36 @@ def test_write_refuses_to_replace_a_file_with_a_damaged_header(
 # -- permissions and durability --
 
 
+def test_a_folder_that_cannot_be_made_is_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    sealed = SealedFile(blocker / "app.sealed", "app")
+
+    with pytest.raises(StorageError, match="is not a folder"):
+        sealed.write(PLAINTEXT, KEYSET)
+
+
+def test_a_folder_open_to_others_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    sealed = SealedFile(folder / "app.sealed", "app")
+
+    sealed.write(PLAINTEXT, KEYSET)
+    sealed.write(PLAINTEXT, KEYSET)
+
+    warnings = [m for m in caplog.messages if "accessible to other" in m]
+    assert warnings == [
+        f"store folder {folder} is accessible to other users (mode 755); "
+        "the sealed file stays 0600"
+    ]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
 def test_the_folder_is_created_0700_and_the_file_0600(
     sealed: SealedFile,
 ) -> None:
@@ -325,8 +356,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StorageError, match="No space left") as caught:
         sealed.write(b"{}", KEYSET)
+
+    assert isinstance(caught.value.__cause__, OSError)
 
     assert sealed.path.read_bytes() == before
     assert sorted(p.name for p in sealed.folder.iterdir()) == [
