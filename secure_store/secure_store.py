@@ -331,15 +331,14 @@ class SecureStore(Store):
 
     # -- persistence of our own state --------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the store JSON, with the pending report if there is one."""
-        data = super().to_dict()
+    def extra_fields(self) -> dict[str, Any]:
+        """Our own state in the store JSON: the pending report, if any."""
         with self._state_lock:
-            if self._pending is not None:
-                data[SECURE_STORE_KEY] = {
-                    PENDING_REPORT_KEY: self._pending.to_dict()
-                }
-        return data
+            if self._pending is None:
+                return {}
+            return {
+                SECURE_STORE_KEY: {PENDING_REPORT_KEY: self._pending.to_dict()}
+            }
 
     def close(self) -> None:
         """Write what is queued and stop the workers; idempotent."""
