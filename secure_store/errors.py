@@ -50,6 +50,10 @@ class StoreLockedError(StorageError):
     """Another process holds the store's write lock past the deadline."""
 
 
+class StoreConflictError(StorageError):
+    """Another process changed the store file since this one loaded it."""
+
+
 # -- in transit --------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,14 @@ import platformdirs
 from .cleaninsights.store import Store
 from .errors import (
     ConfigurationError,
+    InsecureKeyringError,
     KeyConfigError,
     KeyMissingError,
+    KeyringLockedError,
+    KeyringUnavailableError,
     SecureStoreError,
     StorageError,
+    StoreConflictError,
     StoreFileError,
 )
 from .storage.keys import KeyringKeysets, Keyset
@@ -51,6 +56,10 @@ STORE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Our own keys in the store JSON, beside the Clean Insights ones.
 SECURE_STORE_KEY = "secureStore"
 PENDING_REPORT_KEY = "pendingReport"
+# A send longer than a day is a mistake, and larger values overflow time_t.
+MAX_SEND_TIMEOUT_S = 86_400.0
+# How often a store whose keyring was locked asks it again, on persist.
+KEYRING_RETRY_INTERVAL_S = 30.0
 
 
 def default_store_path(name: str) -> Path:
@@ -65,6 +74,22 @@ def store_name_for(path: Path) -> str:
     if name.endswith(STORE_SUFFIX):
         name = name[: -len(STORE_SUFFIX)]
     return name
+
+
+def _finite_seconds(timeout: float) -> float:
+    """Return ``timeout`` as positive finite seconds, or raise."""
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"timeout must be a number of seconds, not {timeout!r}"
+        ) from exc
+    if not 0 < seconds <= MAX_SEND_TIMEOUT_S:
+        raise ConfigurationError(
+            f"timeout must be more than 0 and at most "
+            f"{MAX_SEND_TIMEOUT_S:g} seconds, not {timeout!r}"
+        )
+    return seconds
 
 
 def call_done(done: Done, error: Exception | None) -> None:
@@ -110,8 +135,13 @@ class _PersistWorker:
     snapshot or a newer one.
     """
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        on_result: Callable[[Exception | None], None],
+    ) -> None:
         self._write = write
+        self._on_result = on_result
         self._cond = threading.Condition()
         self._queued: tuple[int, bytes] | None = None
         self._waiting: list[Done] = []
@@ -181,6 +211,7 @@ class _PersistWorker:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+        self._on_result(error)
         for done in waiting:
             call_done(done, error)
 
@@ -231,8 +262,15 @@ class SecureStore(Store):
             )
         self.name = name
         self.path = (
-            Path(path) if path is not None else default_store_path(name)
+            Path(path).expanduser()
+            if path is not None
+            else default_store_path(name)
         )
+        if self.path.is_dir():
+            raise ConfigurationError(
+                f"path must name the store file, not a folder: {self.path} "
+                f"(for example {self.path / (name + STORE_SUFFIX)})"
+            )
         self.proxy = parse_proxy_url(proxy_url, allow_socks5=allow_socks5)
         self.key_config = (
             envelope.KeyConfig.load(gateway_key_config)
@@ -255,7 +293,18 @@ class SecureStore(Store):
         self._send_pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="secure-store-send"
         )
-        self._persister = _PersistWorker(self._write_sealed)
+        self._persister = _PersistWorker(
+            self._write_sealed, self._note_persist_result
+        )
+        # What this process last saw on disk: the file's identity and the
+        # plaintext it holds, to notice another process writing the store.
+        self._on_disk: tuple[tuple[int, int, int] | None, bytes | None] = (
+            None,
+            None,
+        )
+        self._keyring_retry_at = 0.0
+        #: The error of the last failed write, None after a good one.
+        self.last_persist_error: Exception | None = None
         self._closed = False
         #: Why the last load found no usable store, if it did not.
         self.load_error: SecureStoreError | None = None
@@ -284,6 +333,8 @@ class SecureStore(Store):
 
     def persist(self, asynchronous: bool, done: Done) -> None:
         """Seal the store and write it atomically, now or on a worker."""
+        if self._keyset is None and self._keyring_may_be_back():
+            self._retry_keyring()
         if self._keyset is None:
             error = self.load_error or StorageError("store is closed")
             call_done(
@@ -302,32 +353,17 @@ class SecureStore(Store):
 
         Returns at once; ``done`` is called exactly once from the sending
         thread: ``None`` on a 2xx answer, a ``SendError`` (or a
-        ``KeyConfigError``/``ProxyConfigError``) otherwise.
+        ``KeyConfigError``/``ProxyConfigError``) otherwise. It never raises.
         """
         try:
-            key_config = self._require_key_config()
-            url = check_server_url(
-                server, allow_insecure_http=self._allow_insecure_http
-            )
-            report = self._pending_report_for(data)
-        except SecureStoreError as exc:
+            job = self._prepare_send(data, server, timeout)
+        except Exception as exc:
             call_done(done, exc)
             return
-        if self._closed:
-            call_done(done, StorageError("store is closed"))
-            return
-        # Snapshot now, while the caller holds its lock, so the pending
-        # report is written with a consistent store before it is sent.
-        snapshot = self._snapshot() if self._keyset is not None else None
-        self._send_pool.submit(
-            self._deliver,
-            key_config,
-            url,
-            report,
-            snapshot,
-            float(timeout),
-            done,
-        )
+        try:
+            self._send_pool.submit(self._deliver, *job, done)
+        except RuntimeError as exc:  # the pool was shut down by close()
+            call_done(done, StorageError(f"store is closed: {exc}"))
 
     # -- persistence of our own state --------------------------------------
 
@@ -366,6 +402,7 @@ class SecureStore(Store):
     def _load(self) -> dict[str, Any] | None:
         opened = open_store(self._file, self._keysets)
         self._keyset = opened.keyset
+        self._on_disk = (self._file_identity(), opened.plaintext)
         if opened.quarantined is not None:
             self._note_quarantine(opened.quarantined, opened.reason or "")
         if opened.plaintext is None:
@@ -410,12 +447,106 @@ class SecureStore(Store):
         keyset = self._keyset
         if keyset is None:
             raise StorageError(f"store {self.name!r} has no key to seal with")
+        with self._file.locked():
+            self._check_unchanged_on_disk()
+            try:
+                self._file.write(snapshot, keyset)
+            except KeyMissingError:
+                # Another process rotated the key (`secure-store
+                # rotate-key`): follow it rather than undo it.
+                self._keyset = write_store(self._file, self._keysets, snapshot)
+            self._on_disk = (self._file_identity(), snapshot)
+
+    def _file_identity(self) -> tuple[int, int, int] | None:
         try:
-            self._file.write(snapshot, keyset)
-        except KeyMissingError:
-            # Another process rotated the key (`secure-store rotate-key`):
-            # follow it rather than undo it.
-            self._keyset = write_store(self._file, self._keysets, snapshot)
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _check_unchanged_on_disk(self) -> None:
+        """Refuse to overwrite what another process wrote meanwhile."""
+        identity, plaintext = self._on_disk
+        now = self._file_identity()
+        if now is None or now == identity:
+            return
+        # A new file with the same content is a rotation's re-seal.
+        keyset = self._keysets.load(self.name) or self._keyset
+        try:
+            on_disk = self._file.read(keyset) if keyset else None
+        except SecureStoreError:
+            on_disk = None
+        if on_disk is not None and on_disk == plaintext:
+            self._on_disk = (now, plaintext)
+            return
+        raise StoreConflictError(
+            f"store file {self.path} was changed by another process since "
+            "this one loaded it; not overwriting it. Use one process per "
+            "store; restart this app to load what is on disk"
+        )
+
+    def _note_persist_result(self, error: Exception | None) -> None:
+        self.last_persist_error = error
+        if error is not None:
+            log.warning("store %r not persisted: %s", self.name, error)
+
+    def _keyring_may_be_back(self) -> bool:
+        """Whether to ask a keyring that was locked or missing again."""
+        if not isinstance(
+            self.load_error, KeyringLockedError | KeyringUnavailableError
+        ) or isinstance(self.load_error, InsecureKeyringError):
+            return False
+        now = time.monotonic()
+        if now < self._keyring_retry_at:
+            return False
+        self._keyring_retry_at = now + KEYRING_RETRY_INTERVAL_S
+        return True
+
+    def _retry_keyring(self) -> None:
+        """Adopt the keyring once it answers, unless the file has data.
+
+        A store file that this process never loaded is not overwritten:
+        merging it with what was measured meanwhile is not attempted.
+        """
+        try:
+            opened = open_store(self._file, self._keysets)
+        except SecureStoreError as exc:
+            self.load_error = exc
+            return
+        if opened.plaintext is not None:
+            self.load_error = StoreConflictError(
+                f"the keyring is back, but store file {self.path} holds "
+                "data this process never loaded; not overwriting it. "
+                "Restart the app to load it"
+            )
+            return
+        if opened.quarantined is not None:
+            self._note_quarantine(opened.quarantined, opened.reason or "")
+        self._keyset = opened.keyset
+        self.load_error = None
+        log.info("keyring for store %r is back; persisting again", self.name)
+
+    def _prepare_send(
+        self, data: str, server: str, timeout: float
+    ) -> tuple[
+        envelope.KeyConfig,
+        str,
+        _PendingReport,
+        tuple[int, bytes] | None,
+        float,
+    ]:
+        if self._closed:
+            raise StorageError("store is closed")
+        key_config = self._require_key_config()
+        url = check_server_url(
+            server, allow_insecure_http=self._allow_insecure_http
+        )
+        timeout_s = _finite_seconds(timeout)
+        report = self._pending_report_for(data)
+        # Snapshot now, while the caller holds its lock, so the pending
+        # report is written with a consistent store before it is sent.
+        snapshot = self._snapshot() if self._keyset is not None else None
+        return key_config, url, report, snapshot, timeout_s
 
     def _require_key_config(self) -> envelope.KeyConfig:
         if self.key_config is None:

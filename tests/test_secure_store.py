@@ -20,9 +20,12 @@ from secure_store.errors import (
     KeyringLockedError,
     ProxyConfigError,
     SecureStoreError,
+    StoreConflictError,
     StoreFileError,
 )
-from secure_store.storage.keys import KEYRING_SERVICE
+from secure_store.storage.keys import KEYRING_SERVICE, KeyringKeysets
+from secure_store.storage.rotation import rotate
+from secure_store.transport.envelope import GatewayKey, Suite
 
 CAMPAIGN = "weekly-screens-7f3a"
 SCENE = ["MainScreen-qx", "SettingsPane-zz"]
@@ -291,3 +294,138 @@ def test_locked_keyring_leaves_the_store_file_untouched(
     assert (tmp_path / "app.sstore").read_bytes() == original
     stores = sorted(p.name for p in tmp_path.glob("app.*"))
     assert stores == ["app.sstore", "app.sstore.lock"]
+
+
+def test_path_that_is_a_folder_is_refused(
+    tmp_path: Path, memory_keyring: MemoryKeyring
+) -> None:
+    with pytest.raises(ConfigurationError, match="not a folder"):
+        SecureStore(path=tmp_path, keyring_backend=memory_keyring)
+
+
+@pytest.mark.parametrize(
+    ("server", "timeout"),
+    [
+        ("http://[::1/", 5),
+        ("ftp://gw.example.onion/", 5),
+        ("https://gw.example.onion/", "abc"),
+        ("https://gw.example.onion/", 1e308),
+        ("https://gw.example.onion/", -1),
+    ],
+)
+def test_send_never_raises_and_calls_done_once(
+    tmp_path: Path, memory_keyring: MemoryKeyring, server: str, timeout: Any
+) -> None:
+    key = GatewayKey.generate(Suite.X25519)
+    store = SecureStore(
+        path=tmp_path / "a.sstore",
+        keyring_backend=memory_keyring,
+        gateway_key_config=key.key_config().to_base64(),
+    )
+    calls: list[Exception | None] = []
+
+    store.send("{}", server, timeout, calls.append)
+
+    assert len(calls) == 1
+    assert isinstance(calls[0], SecureStoreError)
+    store.close()
+
+
+def test_second_writer_does_not_overwrite_the_first(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    first = open_store(tmp_path, memory_keyring)
+    second = open_store(tmp_path, memory_keyring)
+    fill(first)
+    results: list[Exception | None] = []
+
+    second.persist(False, results.append)
+
+    assert isinstance(results[0], StoreConflictError)
+    assert isinstance(second.last_persist_error, StoreConflictError)
+    first.close()
+    second.close()
+    reopened = open_store(tmp_path, memory_keyring)
+    assert [v.times for v in reopened.visits] == [2]
+    reopened.close()
+
+
+def test_persist_follows_a_rotation_by_another_process(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = open_store(tmp_path, memory_keyring)
+    fill(store)
+    rotate(
+        tmp_path / "app.sstore", "app", KeyringKeysets(backend=memory_keyring)
+    )
+    ci = CleanInsights(CONF, store)
+    ci.measure_visit(SCENE, CAMPAIGN)
+    results: list[Exception | None] = []
+
+    store.persist(False, results.append)
+    store.close()
+
+    assert results == [None]
+    reopened = open_store(tmp_path, memory_keyring)
+    assert [v.times for v in reopened.visits] == [3]
+    reopened.close()
+
+
+class UnlockableKeyring(MemoryKeyring):
+    """A keyring that stays locked until ``locked`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locked = True
+
+    def get_password(self, service: str, username: str) -> str | None:
+        if self.locked:
+            raise KeyringLocked("Failed to unlock the collection!")
+        return super().get_password(service, username)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if self.locked:
+            raise KeyringLocked("Failed to unlock the collection!")
+        super().set_password(service, username, password)
+
+
+def test_new_store_persists_once_the_keyring_is_unlocked(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    keyring = UnlockableKeyring()
+    store = SecureStore(path=tmp_path / "app.sstore", keyring_backend=keyring)
+    ci = CleanInsights(CONF, store)
+    ci.grant_campaign(CAMPAIGN)
+    ci.measure_visit(SCENE, CAMPAIGN)
+    keyring.locked = False
+    results: list[Exception | None] = []
+
+    store.persist(False, results.append)
+    store.close()
+
+    assert results == [None]
+    reopened = SecureStore(
+        path=tmp_path / "app.sstore", keyring_backend=keyring
+    )
+    assert [v.times for v in reopened.visits] == [1]
+    reopened.close()
+
+
+def test_failed_persist_is_logged_as_a_warning(
+    tmp_path: Path,
+    memory_keyring: MemoryKeyring,
+    clock: FrozenClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = open_store(tmp_path, memory_keyring)
+    second = open_store(tmp_path, memory_keyring)
+    fill(first)
+
+    second.persist(False, lambda error: None)
+
+    assert any(
+        r.levelname == "WARNING" and "not persisted" in r.getMessage()
+        for r in caplog.records
+    )
+    first.close()
+    second.close()
