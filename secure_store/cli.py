@@ -29,6 +29,11 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
     key = GatewayKey.generate(Suite(args.suite), key_id=args.key_id)
     out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SecureStoreError(
+            f"{out} exists; refusing to overwrite a private key "
+            "(pass --force to replace it)"
+        )
     key.save(out, overwrite=args.force)
     print(
         f"# private key (key id {key.key_id}, {args.suite}) written to {out}"
@@ -69,9 +74,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host,
         int(port),
         threads=args.threads,
-        ready=lambda h, p: print(f"gateway listening on http://{h}:{p}/"),
     )
     return EXIT_OK
+
+
+def _store_file(value: str, *, must_exist: bool) -> Path:
+    """Return ``--store`` as a path to a store file, or say what is wrong."""
+    path = Path(value).expanduser()
+    if not value or path.is_dir():
+        raise SecureStoreError(
+            f"--store must name a store file, not {value!r}"
+        )
+    if must_exist and not path.is_file():
+        raise SecureStoreError(f"no store file at {path}")
+    return path
 
 
 def _cmd_rotate_key(args: argparse.Namespace) -> int:
@@ -79,7 +95,7 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
     from .storage.keys import KeyringKeysets
     from .storage.rotation import rotate
 
-    path = Path(args.store)
+    path = _store_file(args.store, must_exist=True)
     name = args.name or store_name_for(path)
     keysets = KeyringKeysets(
         allow_insecure_keyring=args.allow_insecure_keyring
@@ -94,7 +110,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .storage.keys import KeyringKeysets
     from .storage.rotation import describe
 
-    path = Path(args.store)
+    path = _store_file(args.store, must_exist=False)
     name = args.name or store_name_for(path)
     keysets = KeyringKeysets(
         allow_insecure_keyring=args.allow_insecure_keyring
@@ -131,6 +147,22 @@ def _cmd_check_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, not {text}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the `secure-store` command line."""
     parser = argparse.ArgumentParser(
@@ -156,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite", choices=["pq-hybrid", "x25519"], default="pq-hybrid"
     )
     keygen.add_argument("--out", required=True, help="private key file")
-    keygen.add_argument("--key-id", type=int, default=None)
+    keygen.add_argument("--key-id", type=int, default=None, help="0-255")
     keygen.add_argument("--force", action="store_true")
     keygen.set_defaults(run=_cmd_keygen)
 
@@ -176,10 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="SQLite file path or redis://... URL",
     )
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20)
+    serve.add_argument("--threads", type=_positive_int, default=8)
     serve.add_argument(
-        "--upstream-timeout", type=float, default=10.0, help="seconds"
+        "--upstream-timeout", type=_positive_seconds, default=10.0
     )
     serve.set_defaults(run=_cmd_serve)
 
@@ -222,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true")
     check.add_argument("--target", default=None)
-    check.add_argument("--timeout", type=float, default=10.0)
+    check.add_argument("--timeout", type=_positive_seconds, default=10.0)
     check.set_defaults(run=_cmd_check_proxy)
     return parser
 

@@ -128,3 +128,41 @@ def test_unknown_listen_address_is_a_clear_error(
 
     assert status == 1
     assert "--listen must be HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["rotate-key", "inspect"])
+@pytest.mark.parametrize("store", ["", "."])
+def test_store_that_is_no_file_is_a_clear_error(
+    command: str, store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main([command, "--store", store])
+
+    assert status == 1
+    assert "--store must name a store file" in capsys.readouterr().err
+
+
+def test_rotate_key_on_a_missing_file_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        ["rotate-key", "--store", str(tmp_path / "new" / "a.sstore")]
+    )
+
+    assert status == 1
+    assert "no store file at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "home"]
+
+
+@pytest.mark.parametrize(
+    "option", [["--threads", "0"], ["--upstream-timeout", "nan"]]
+)
+def test_serve_refuses_useless_settings(
+    option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["gateway", "serve", "--upstream", "http://127.0.0.1:9/", *option]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+
+    assert exit_info.value.code == 2
+    assert option[0] in capsys.readouterr().err

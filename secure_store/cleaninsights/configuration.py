@@ -175,7 +175,10 @@ class Configuration:
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` for the first invalid value."""
         server = self.server
-        parts = urlsplit(server) if isinstance(server, str) else None
+        try:
+            parts = urlsplit(server) if isinstance(server, str) else None
+        except ValueError:  # an unbalanced "[" in the host, say
+            parts = None
         if (
             parts is None
             or parts.scheme.lower() not in _URL_SCHEMES

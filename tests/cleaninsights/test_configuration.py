@@ -289,3 +289,23 @@ def test_check_reports_through_debug_instead_of_raising() -> None:
 
 def test_check_of_a_valid_configuration_is_true() -> None:
     assert Configuration.from_dict(MINIMAL).check() is True
+
+
+def test_server_url_that_does_not_parse_is_a_configuration_error() -> None:
+    from secure_store.cleaninsights import Configuration
+    from secure_store.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="server must be an http"):
+        Configuration.from_dict(
+            {
+                "server": "http://[::1/",
+                "siteId": 1,
+                "campaigns": {
+                    "c": {
+                        "start": "2024-01-01T00:00:00Z",
+                        "end": "2024-12-31T00:00:00Z",
+                        "aggregationPeriodLength": 7,
+                    }
+                },
+            }
+        )
