@@ -1,7 +1,21 @@
-"""The gateway's WSGI app: open envelopes, check, de-duplicate, forward."""
+"""The gateway's WSGI app: open envelopes, check, de-duplicate, forward.
+
+Each report id is forwarded to the CIMP at most once. A request takes a
+lease on its id in the replay cache before forwarding; the id is marked
+forwarded when the CIMP accepts the report and also when the outcome is
+ambiguous: once the request may have reached the CIMP (a read timeout,
+the connection reset or closed while awaiting the answer, a malformed
+answer), a second forward could count the report twice, so the client
+is told to retry (503/502 with Retry-After), its retry is answered 204
+as a repeat, and the request's log line says ``outcome=ambiguous``. The
+lease is released, so a retry forwards again, only when the CIMP
+certainly did not get the request (connection refused, connect timeout,
+name not resolved) or answered with an error status.
+"""
 
 from __future__ import annotations
 
+import errno
 import http.cookiejar
 import json
 import logging
@@ -18,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
+import urllib3.exceptions
 
 from secure_store.errors import (
     EnvelopeError,
@@ -26,6 +41,7 @@ from secure_store.errors import (
     SecureStoreError,
 )
 from secure_store.gateway.replay import (
+    Claim,
     ClaimStatus,
     ReplayCache,
     open_replay_cache,
@@ -57,6 +73,8 @@ RETRY_AFTER_S = 30
 # waitress worker threads per process: requests mostly wait on upstream.
 DEFAULT_THREADS = 8
 
+MAX_PORT = 65_535
+
 KEY_CONFIG_PATH = "/.well-known/secure-store-key-config"
 
 UPSTREAM_CONTENT_TYPE = "application/json; charset=UTF-8"
@@ -71,6 +89,26 @@ IN_FLIGHT_POLL_S = 0.02
 # Upstream's answer body is read (to keep the connection reusable) up to
 # this much and never logged or passed on.
 MAX_UPSTREAM_ANSWER_BYTES = 64 * 1024
+
+# The outcome of a forward that may or may not have reached upstream.
+AMBIGUOUS = "ambiguous"
+
+# Outcomes after which the report id counts as forwarded.
+_SETTLED_OUTCOMES = frozenset({"forwarded", AMBIGUOUS})
+
+# urllib3 errors raised before a byte of the request was sent.
+_NOT_SENT_ERRORS = (
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ConnectTimeoutError,
+)
+
+# requests errors raised while preparing the request, before connecting.
+_PREPARE_ERRORS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+)
 
 _READ_CHUNK_BYTES = 64 * 1024
 _SCHEMA_RESOURCE = "cimp.schema.json"
@@ -222,10 +260,7 @@ class GatewayApp:
 
         self.keys = _index_keys(keys)
         self.upstream_url = _check_upstream_url(upstream_url)
-        if max_body_bytes < 1:
-            raise GatewayError("max_body_bytes must be at least 1")
-        if upstream_timeout_s <= 0:
-            raise GatewayError("upstream_timeout_s must be positive")
+        _check_limits(max_body_bytes, upstream_timeout_s)
         self.max_body_bytes = max_body_bytes
         self.upstream_timeout_s = upstream_timeout_s
         self.retry_after_s = retry_after_s
@@ -461,9 +496,19 @@ class GatewayApp:
                 )
             time.sleep(IN_FLIGHT_POLL_S)
 
-        response = self._forward(payload)
         try:
-            if response.status == 204:
+            response = self._forward(payload)
+        except BaseException:
+            # Whatever broke may have broken after upstream got the
+            # report; forwarding it again could count it twice.
+            self._settle(claim, AMBIGUOUS)
+            raise
+        self._settle(claim, response.outcome)
+        return response
+
+    def _settle(self, claim: Claim, outcome: str) -> None:
+        try:
+            if outcome in _SETTLED_OUTCOMES:
                 self.replay_cache.mark_forwarded(claim)
             else:
                 self.replay_cache.release(claim)
@@ -472,7 +517,6 @@ class GatewayApp:
             # retry after a success would double-count, so the answer
             # stands; only replay protection for this id is lost.
             logger.error("replay cache update failed: %s", exc)
-        return response
 
     def _forward(self, payload: bytes) -> _Response:
         try:
@@ -484,19 +528,8 @@ class GatewayApp:
                 allow_redirects=False,
                 stream=True,
             )
-        except requests.Timeout:
-            logger.warning("upstream timed out")
-            return self._retry_later(
-                "upstream-unavailable", "the CIMP server did not answer"
-            )
-        except requests.ConnectionError:
-            logger.warning("upstream unreachable")
-            return self._retry_later(
-                "upstream-unavailable", "the CIMP server is unreachable"
-            )
         except requests.RequestException as exc:
-            logger.warning("upstream request failed: %s", type(exc).__name__)
-            return self._upstream_failed("the CIMP request failed")
+            return self._failed_forward(exc)
 
         status = answer.status_code
         _drain(answer)
@@ -516,6 +549,27 @@ class GatewayApp:
         logger.warning("upstream answered %d", status)
         return self._upstream_failed(f"the CIMP server answered {status}")
 
+    def _failed_forward(self, exc: requests.RequestException) -> _Response:
+        # Only the exception's type: its message may quote the URL.
+        kind = type(exc).__name__
+        if _surely_not_sent(exc):
+            logger.warning("upstream unreachable (%s)", kind)
+            return self._retry_later(
+                "upstream-unavailable", "the CIMP server is unreachable"
+            )
+        logger.warning(
+            "upstream failed after the request may have been sent (%s); "
+            "the report id counts as forwarded",
+            kind,
+        )
+        message = (
+            "the CIMP server may have received the report but gave no "
+            "usable answer; a retry will be answered as a repeat"
+        )
+        if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+            return self._retry_later(AMBIGUOUS, message)
+        return self._upstream_failed(message, outcome=AMBIGUOUS)
+
     def _retry_later(self, outcome: str, message: str) -> _Response:
         return _json_response(
             503,
@@ -525,10 +579,12 @@ class GatewayApp:
             retry_after_s=self.retry_after_s,
         )
 
-    def _upstream_failed(self, message: str) -> _Response:
+    def _upstream_failed(
+        self, message: str, *, outcome: str = "upstream-failed"
+    ) -> _Response:
         return _json_response(
             502,
-            "upstream-failed",
+            outcome,
             f"{message}; retry later",
             retry=True,
             retry_after_s=self.retry_after_s,
@@ -553,6 +609,31 @@ class GatewayApp:
     def close(self) -> None:
         """Close the replay cache; the app must not be called afterwards."""
         self.replay_cache.close()
+
+
+def _surely_not_sent(exc: requests.RequestException) -> bool:
+    """Tell whether ``exc`` happened before any byte of the request left.
+
+    Only connect-phase failures qualify (refused, connect timeout, name
+    not resolved); anything later, or unknown, may have reached upstream.
+    """
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, *_PREPARE_ERRORS)):
+        return True
+    # A TLS error may come from the handshake or from reading the
+    # answer; the exception does not say which, so it counts as sent.
+    if not isinstance(exc, requests.ConnectionError) or isinstance(
+        exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)
+    ):
+        return False
+    causes: list[BaseException] = []
+    pending: list[object] = [*exc.args[:1], exc.__cause__]
+    while pending and len(causes) < 8:
+        cause = pending.pop()
+        if isinstance(cause, BaseException) and cause not in causes:
+            causes.append(cause)
+            pending.append(getattr(cause, "reason", None))
+            pending.append(cause.__cause__)
+    return any(isinstance(c, _NOT_SENT_ERRORS) for c in causes)
 
 
 def _drain(answer: requests.Response) -> None:
@@ -612,6 +693,28 @@ def _log_request(log: _RequestLog, status: int, started: float) -> None:
     logger.info("request %s", line, extra={"gateway": fields})
 
 
+def _check_limits(max_body_bytes: int, upstream_timeout_s: float) -> None:
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise GatewayError(
+            f"max_body_bytes must be a whole number of at least 1, "
+            f"not {max_body_bytes!r}"
+        )
+    if (
+        isinstance(upstream_timeout_s, bool)
+        or not isinstance(upstream_timeout_s, (int, float))
+        or not math.isfinite(upstream_timeout_s)
+        or upstream_timeout_s <= 0
+    ):
+        raise GatewayError(
+            f"upstream_timeout_s must be a finite number of seconds above "
+            f"0, not {upstream_timeout_s!r}"
+        )
+
+
 def _index_keys(keys: Iterable[GatewayKey]) -> dict[int, GatewayKey]:
     indexed: dict[int, GatewayKey] = {}
     for key in keys:
@@ -661,6 +764,8 @@ def create_app(
     keys = list(keys)
     _index_keys(keys)
     _check_upstream_url(upstream_url)
+    # Before the default replay cache file is created.
+    _check_limits(max_body_bytes, upstream_timeout_s)
     cache = open_replay_cache(None) if replay_cache is None else replay_cache
     return GatewayApp(
         keys,
@@ -762,6 +867,31 @@ def _load_key(path: Path) -> GatewayKey:
 # -- serving ----------------------------------------------------------------
 
 
+def listen_url(host: str, port: int) -> str:
+    """Return the URL of a server listening on ``host`` and ``port``.
+
+    >>> listen_url("::1", 8080)
+    'http://[::1]:8080/'
+    """
+    return f"http://{_host_port(host, port)}/"
+
+
+def _host_port(host: str, port: int) -> str:
+    # An IPv6 address needs brackets to be told from the port.
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _check_threads(threads: int) -> None:
+    if (
+        isinstance(threads, bool)
+        or not isinstance(threads, int)
+        or threads < 1
+    ):
+        raise GatewayError(f"threads must be at least 1, not {threads!r}")
+
+
 def make_server(
     app: Callable[..., Iterable[bytes]],
     host: str,
@@ -774,22 +904,59 @@ def make_server(
 
     ``port`` 0 picks a free port; read it from ``server.effective_port``.
     waitress refuses bodies over ``max_body_bytes`` (default: the app's
-    limit) before passing them on.
+    limit) before passing them on. Raises :class:`GatewayError` for a
+    port in use, a host that is not this machine's, or bad settings.
     """
     import waitress
 
+    _check_threads(threads)
+    where = _host_port(host, port)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise GatewayError(f"the port must be a number, not {port!r}")
+    if not 0 <= port <= MAX_PORT:
+        raise GatewayError(f"cannot listen on {where}: no such port")
+    if not host or any(c.isspace() for c in host):
+        # Refused here, before waitress asks a name server about it.
+        raise GatewayError(f"cannot listen on {where}: invalid host")
     if max_body_bytes is None:
         max_body_bytes = getattr(app, "max_body_bytes", MAX_BODY_BYTES)
-    return waitress.create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        max_request_body_size=max_body_bytes,
-        ident="secure-store-gateway",
-        expose_tracebacks=False,
-        clear_untrusted_proxy_headers=True,
-    )
+    try:
+        return waitress.create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            max_request_body_size=max_body_bytes,
+            ident="secure-store-gateway",
+            expose_tracebacks=False,
+            clear_untrusted_proxy_headers=True,
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is already in use (is a gateway running?)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise GatewayError(f"cannot listen on {where}: {reason}") from exc
+    except ValueError as exc:
+        # waitress says only "Invalid host/port specified."
+        raise GatewayError(
+            f"cannot listen on {where}: invalid host or port (not an "
+            "address or resolvable name of this machine)"
+        ) from exc
+
+
+def _listening(
+    server: BaseWSGIServer | MultiSocketServer, host: str, port: int
+) -> list[tuple[str, int]]:
+    addresses = getattr(server, "effective_listen", None)
+    if addresses:
+        return [(str(h), int(p)) for h, p in addresses]
+    return [
+        (
+            str(getattr(server, "effective_host", host)),
+            int(getattr(server, "effective_port", port)),
+        )
+    ]
 
 
 def serve(
@@ -803,20 +970,22 @@ def serve(
 ) -> None:
     """Serve ``app`` with waitress until interrupted.
 
-    ``ready(host, port)`` is called once the socket listens (useful with
-    port 0).
+    Logs the listening URL once at INFO and prints nothing; ``ready(host,
+    port)`` is called once the socket listens (useful with port 0), with
+    the first address if ``host`` named several. Raises
+    :class:`GatewayError` as :func:`make_server` does.
     """
     server = make_server(
         app, host, port, threads=threads, max_body_bytes=max_body_bytes
     )
-    effective_host = str(getattr(server, "effective_host", host))
-    effective_port = int(getattr(server, "effective_port", port))
+    addresses = _listening(server, host, port)
     logger.info(
-        "gateway listening on http://%s:%d", effective_host, effective_port
+        "gateway listening on %s",
+        " and ".join(listen_url(h, p) for h, p in addresses),
     )
-    if ready is not None:
-        ready(effective_host, effective_port)
     try:
+        if ready is not None:
+            ready(*addresses[0])
         server.run()
     except KeyboardInterrupt:
         pass

@@ -348,7 +348,9 @@ class RedisReplayCache:
 
     Claims are atomic Lua scripts, so exactly one instance gets the lease
     on an id. Use a Redis with persistence if replays across a Redis
-    restart matter.
+    restart matter. The constructor sends a PING, so a wrong URL or a
+    Redis that is down fails at start-up with :class:`ReplayCacheError`,
+    as does a missing ``redis`` package.
     """
 
     def __init__(
@@ -358,9 +360,16 @@ class RedisReplayCache:
         retention_s: float = DEFAULT_RETENTION_S,
         client: redis.Redis | None = None,
     ) -> None:
-        import redis as redis_module
+        try:
+            import redis as redis_module
+        except ImportError as exc:
+            raise ReplayCacheError(
+                "a Redis replay cache needs the redis package: "
+                "pip install 'secure-store[redis]'"
+            ) from exc
 
         self.retention_s = _check_retention(retention_s)
+        where = _redacted(url)
         self._errors: tuple[type[Exception], ...] = (
             redis_module.RedisError,
             OSError,
@@ -373,9 +382,10 @@ class RedisReplayCache:
             )
             self._claim = self._redis.register_script(_REDIS_CLAIM)
             self._release = self._redis.register_script(_REDIS_RELEASE)
+            self._redis.ping()
         except (ValueError, *self._errors) as exc:
             raise ReplayCacheError(
-                f"cannot use the Redis replay cache: {exc}"
+                f"cannot use the Redis replay cache at {where}: {exc}"
             ) from exc
 
     def claim(self, report_id: bytes, lease_s: float) -> Claim:
@@ -433,6 +443,24 @@ class RedisReplayCache:
             return script(keys=keys, args=args)
         except self._errors as exc:
             raise ReplayCacheError(f"Redis replay cache: {exc}") from exc
+
+
+def _redacted(url: str) -> str:
+    """Return ``url`` without the password it may carry, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "the given URL"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def default_replay_cache_path() -> Path:

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of the random id that names one report across all its retries.
 REPORT_ID_BYTES = 16
+# The shortest key config (X25519, one KDF/AEAD pair) is 60 base64 chars.
+MIN_KEY_CONFIG_CHARS = 60
 
 #: The envelope format this module writes and reads.
 ENVELOPE_VERSION = 1
@@ -440,6 +442,17 @@ class KeyConfig:
                 raise KeyConfigError(
                     f"cannot read key config file {path}: {exc}"
                 ) from exc
+            if text.lstrip().startswith("{"):
+                raise KeyConfigError(
+                    f"{path} looks like a gateway private key (JSON), not a "
+                    "key config; pin what `secure-store gateway key-config "
+                    "--key-file` prints instead, and keep the key secret"
+                )
+            # Lines starting with "#" are comments, as keygen prints them.
+            lines = text.splitlines()
+            text = "\n".join(
+                x for x in lines if not x.lstrip().startswith("#")
+            )
             try:
                 return cls.from_base64(text)
             except KeyConfigError as exc:
@@ -451,8 +464,12 @@ class KeyConfig:
         try:
             return cls.from_base64(value)
         except KeyConfigError as exc:
-            if "." in value or "/" in value or "\\" in value:
-                # Base64 never holds a dot, so this was probably a path.
+            # A key config is 60 or more characters of base64, which never
+            # holds a dot or a slash: this was probably a file name.
+            looks_like_path = len(value) < MIN_KEY_CONFIG_CHARS or any(
+                c in value for c in "./\\"
+            )
+            if looks_like_path:
                 raise KeyConfigError(
                     f"key config {value!r} is neither an existing file nor "
                     f"valid base64: {exc}"

@@ -138,7 +138,7 @@ def parse_proxy_url(
             f"proxy URL {url!r} has no scheme; write it like "
             f"{DEFAULT_PROXY_URL}"
         )
-    parts = urlsplit(url)
+    parts = _split(url, "proxy URL")
     scheme = parts.scheme.lower()
     shown = _redact_raw(parts)
 
@@ -261,7 +261,7 @@ def check_server_url(url: str, *, allow_insecure_http: bool = False) -> str:
     """
     if not isinstance(url, str) or not url.strip():
         raise ProxyConfigError("no server URL given")
-    parts = urlsplit(url.strip())
+    parts = _split(url.strip(), "server URL")
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ProxyConfigError(
@@ -311,3 +311,11 @@ def _is_ipv6(host: str) -> bool:
         return ipaddress.ip_address(host).version == 6
     except ValueError:
         return False
+
+
+def _split(url: str, what: str) -> SplitResult:
+    """Split ``url``, turning the parser's ValueError into ours."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # an unbalanced "[" in the host, say
+        raise ProxyConfigError(f"{what} cannot be parsed: {exc}") from exc

@@ -139,7 +139,7 @@ class _SendState:
     def register(self, sock: socket.socket) -> None:
         handle = socket.fromfd(sock.fileno(), sock.family, sock.type)
         with self.lock:
-            handle.close()
+            self.handles.append(handle)
             if self.expired:
                 _shut(handle)
 
@@ -493,15 +493,11 @@ class Sender:
                 " s deadline"
             )
         try:
-            with self._watch(state):
+            with _Watchdog(state):
                 self._post(url, host, body, timeout_s, state)
         finally:
             self._session.cookies.clear()
             self._lock.release()
-
-    @staticmethod
-    def _watch(state: _SendState) -> _Watchdog:
-        return _Watchdog(state)
 
     def _post(
         self,

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from gateway_helpers import Upstream, running_upstream
+from gateway_helpers import Upstream, running_upstream, serving
 
 from secure_store.gateway import (
     GatewayApp,
     SQLiteReplayCache,
     create_app,
-    make_server,
 )
 from secure_store.transport.envelope import GatewayKey, Suite
 
@@ -62,20 +59,5 @@ def app(
 @pytest.fixture
 def served(app: GatewayApp) -> Iterator[str]:
     """The app under a real waitress server in this process; its URL."""
-    from waitress import wasyncore
-
-    server: Any = make_server(app, "127.0.0.1", 0, threads=8)
-    stop = threading.Event()
-
-    def run() -> None:
-        # waitress's own run() has no clean way to stop from outside.
-        while not stop.is_set():
-            wasyncore.loop(timeout=0.02, map=server._map, count=1)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    stop.set()
-    thread.join()
-    server.task_dispatcher.shutdown(timeout=5)
-    wasyncore.close_all(server._map)
+    with serving(app) as url:
+        yield url

@@ -59,14 +59,19 @@ class Upstream:
 
     status: int = 204
     delay_s: float = 0.0
+    # If set, sent instead of an HTTP answer before hanging up (b"":
+    # hang up without a word).
+    raw_answer: bytes | None = None
     requests: list[UpstreamRequest] = field(default_factory=list)
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, request: UpstreamRequest) -> tuple[int, float]:
+    def record(
+        self, request: UpstreamRequest
+    ) -> tuple[int, float, bytes | None]:
         with self._lock:
             self.requests.append(request)
-            return self.status, self.delay_s
+            return self.status, self.delay_s, self.raw_answer
 
     @property
     def bodies(self) -> list[bytes]:
@@ -81,16 +86,24 @@ def _handler_for(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
-            status, delay_s = upstream.record(
+            status, delay_s, raw_answer = upstream.record(
                 UpstreamRequest(self.path, dict(self.headers), body)
             )
             if delay_s:
                 time.sleep(delay_s)
+            if raw_answer is not None:
+                self.close_connection = True
+                self.wfile.write(raw_answer)
+                return
             answer = b"" if status == 204 else b'{"answer":"from upstream"}'
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+            except (BrokenPipeError, ConnectionResetError):
+                # The gateway gave up waiting: the slow-upstream tests.
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -116,6 +129,32 @@ def running_upstream() -> Iterator[Upstream]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Run ``app`` under a real waitress server in this process; its URL."""
+    from waitress import wasyncore
+
+    from secure_store.gateway import make_server
+
+    server: Any = make_server(app, "127.0.0.1", 0, threads=8)
+    stop = threading.Event()
+
+    def run() -> None:
+        # waitress's own run() has no clean way to stop from outside.
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.02, map=server._map, count=1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        stop.set()
+        thread.join()
+        server.task_dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(server._map)
 
 
 def seal_report(

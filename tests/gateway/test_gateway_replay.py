@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -11,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from secure_store.cleaninsights.clock import FrozenClock
-from secure_store.errors import ReplayCacheError
+from secure_store.errors import GatewayError, ReplayCacheError
 from secure_store.gateway import (
     ClaimStatus,
     MemoryReplayCache,
-    RedisReplayCache,
     ReplayCache,
     SQLiteReplayCache,
     open_replay_cache,
@@ -246,20 +247,47 @@ def test_open_replay_cache_with_nothing_opens_the_default_file(
     cache.close()
 
 
-def test_open_replay_cache_with_a_redis_url_opens_redis() -> None:
-    # Connecting is lazy, so no Redis server is needed to build it.
-    cache = open_replay_cache("redis://127.0.0.1:1/0")
-
-    assert isinstance(cache, RedisReplayCache)
-    cache.close()
-
-
 def test_open_replay_cache_with_memory_opens_an_in_process_cache() -> None:
     assert isinstance(open_replay_cache("memory:"), MemoryReplayCache)
 
 
-def test_an_unreachable_redis_raises_replay_cache_error() -> None:
-    cache = open_replay_cache("redis://127.0.0.1:1/0")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    with pytest.raises(ReplayCacheError, match="Redis replay cache"):
-        cache.claim(ID, LEASE_S)
+
+def test_an_unreachable_redis_fails_when_opened_naming_where() -> None:
+    port = _free_port()
+
+    with pytest.raises(GatewayError) as raised:
+        open_replay_cache(f"redis://127.0.0.1:{port}/0")
+
+    assert str(raised.value).startswith(
+        f"cannot use the Redis replay cache at redis://127.0.0.1:{port}/0: "
+    )
+
+
+def test_the_redis_password_is_not_in_the_start_up_error() -> None:
+    port = _free_port()
+
+    with pytest.raises(GatewayError) as raised:
+        open_replay_cache(f"redis://gw:hunter2@127.0.0.1:{port}/0")
+
+    assert "hunter2" not in str(raised.value)
+    assert f"redis://***@127.0.0.1:{port}/0" in str(raised.value)
+
+
+def test_a_redis_url_without_the_redis_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None in sys.modules makes "import redis" raise ImportError.
+    monkeypatch.setitem(sys.modules, "redis", None)
+
+    with pytest.raises(GatewayError) as raised:
+        open_replay_cache("redis://127.0.0.1:6379/0")
+
+    assert str(raised.value) == (
+        "a Redis replay cache needs the redis package: "
+        "pip install 'secure-store[redis]'"
+    )

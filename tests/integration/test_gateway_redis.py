@@ -19,7 +19,12 @@ import redis
 import requests
 
 from secure_store.cleaninsights.clock import FrozenClock
-from secure_store.gateway import ClaimStatus, RedisReplayCache
+from secure_store.errors import GatewayError
+from secure_store.gateway import (
+    ClaimStatus,
+    RedisReplayCache,
+    open_replay_cache,
+)
 from secure_store.transport.envelope import GatewayKey, Suite
 
 pytestmark = pytest.mark.skipif(
@@ -206,6 +211,33 @@ def test_sixteen_clients_claiming_at_once_get_one_lease(
         each.close()
 
     assert sorted(statuses) == ["claimed"] + ["in-flight"] * 15
+
+
+# -- start-up checks -------------------------------------------------------
+
+
+def test_open_replay_cache_with_a_redis_url_opens_redis(
+    redis_url: str,
+) -> None:
+    cache = open_replay_cache(redis_url)
+
+    assert isinstance(cache, RedisReplayCache)
+    cache.close()
+
+
+def test_a_redis_url_naming_a_missing_database_fails_when_opened(
+    redis_url: str,
+) -> None:
+    # redis-server has 16 databases; the PING at start-up selects 99.
+    wrong = redis_url.rsplit("/", 1)[0] + "/99"
+
+    with pytest.raises(GatewayError) as raised:
+        open_replay_cache(wrong)
+
+    assert str(raised.value).startswith(
+        f"cannot use the Redis replay cache at {wrong}: "
+    )
+    assert "DB index is out of range" in str(raised.value)
 
 
 # -- two gateway processes sharing Redis ----------------------------------

@@ -651,3 +651,29 @@ def test_any_payload_round_trips_in_its_bucket(payload: bytes) -> None:
 
 
 _HYPOTHESIS_KEY = GatewayKey.generate(Suite.X25519, key_id=11)
+
+
+def test_key_config_file_may_hold_keygen_comment_lines(tmp_path: Path) -> None:
+    key = GatewayKey.generate(Suite.X25519)
+    config = key.key_config().to_base64()
+    path = tmp_path / "gateway.keyconfig"
+    path.write_text(
+        f"# private key written to gw.json\n# pin this\n{config}\n"
+    )
+
+    assert KeyConfig.load(path) == key.key_config()
+
+
+def test_private_key_file_as_key_config_says_what_it_is(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gw.json"
+    GatewayKey.generate(Suite.X25519).save(path)
+
+    with pytest.raises(KeyConfigError, match="looks like a gateway private"):
+        KeyConfig.load(path)
+
+
+def test_short_name_of_a_missing_file_is_not_read_as_base64() -> None:
+    with pytest.raises(KeyConfigError, match="neither an existing file"):
+        KeyConfig.load("nonexistent")

@@ -210,3 +210,13 @@ def test_server_urls_breaking_the_policy_are_refused(
 )
 def test_onion_host_check(host: str, valid: bool) -> None:
     assert is_onion_host(host) is valid
+
+
+def test_server_url_that_does_not_parse_is_a_proxy_config_error() -> None:
+    with pytest.raises(ProxyConfigError, match="cannot be parsed"):
+        check_server_url("http://[::1/")
+
+
+def test_proxy_url_that_does_not_parse_is_a_proxy_config_error() -> None:
+    with pytest.raises(ProxyConfigError, match="cannot be parsed"):
+        parse_proxy_url("socks5h://u:p@[::1:9050")
