@@ -531,6 +531,14 @@ class Sender:
         finally:
             self._adapter.drop_proxy(proxy_url)
 
+        if state.expired:
+            # The watchdog cut the connection: whatever was parsed of the
+            # answer (headers cut short read as complete) is not one.
+            response.close()
+            raise SendTimeoutError(
+                f"sending to {host} did not finish within its "
+                f"{state.budget_s:.1f} s deadline ({_tries(state)})"
+            )
         try:
             status = response.status_code
             if 200 <= status < 300:

@@ -311,6 +311,21 @@ def test_server_that_trickles_bytes_is_cut_off_at_the_deadline(
     assert TIMEOUT_S * ATTEMPTS - 0.1 <= elapsed < BOUND_S
 
 
+def test_answer_cut_off_after_its_status_line_is_a_timeout(
+    pproxy: SocksServer, make_server: MakeServer, sender_for: Any
+) -> None:
+    # "HTTP/1.1 200 OK" arrives in time, the headers never end: a cut
+    # connection must not read as a complete 200 answer.
+    server = make_server(rest=("trickle", 0.05))
+
+    elapsed, error = _timed(
+        lambda: sender_for(pproxy.url).post(server.url, BODY, TIMEOUT_S)
+    )
+
+    assert isinstance(error, SendTimeoutError)
+    assert TIMEOUT_S * ATTEMPTS - 0.1 <= elapsed < BOUND_S
+
+
 def test_503_twice_then_204_succeeds_on_the_third_attempt(
     pproxy: SocksServer, make_server: MakeServer, sender_for: Any
 ) -> None:
