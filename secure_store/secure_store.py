@@ -226,8 +226,11 @@ class SecureStore(Store):
 
     Args:
         debug: called with debug messages, as for any ``Store``.
-        name: the store's name: its keyring entry and its file name.
-        path: the sealed store file; default under the user's data folder.
+        name: the store's name: its keyring entry and what the file is
+            sealed under. Default: the file name of ``path`` without
+            ``.sstore``, else ``"default"``.
+        path: the sealed store file; default ``NAME.sstore`` under the
+            user's data folder.
         proxy_url: ``socks5h://`` URL of the proxy.
         gateway_key_config: the gateway's key config, as base64 text or a
             path to a file holding it. Without one, ``send`` fails.
@@ -245,7 +248,7 @@ class SecureStore(Store):
         self,
         debug: Callable[[str], None] | None = None,
         *,
-        name: str = DEFAULT_STORE_NAME,
+        name: str | None = None,
         path: str | os.PathLike[str] | None = None,
         proxy_url: str = DEFAULT_PROXY_URL,
         gateway_key_config: str | os.PathLike[str] | None = None,
@@ -255,6 +258,13 @@ class SecureStore(Store):
         allow_insecure_http: bool = False,
         **kwargs: Any,
     ) -> None:
+        if name is None:
+            # A store file's name is what it is sealed under, unless told.
+            name = (
+                store_name_for(Path(path))
+                if path is not None
+                else DEFAULT_STORE_NAME
+            )
         if not STORE_NAME_PATTERN.fullmatch(name):
             raise ConfigurationError(
                 f"name must be 1-64 letters, digits, '.', '_' or '-', "

@@ -429,3 +429,16 @@ def test_failed_persist_is_logged_as_a_warning(
     )
     first.close()
     second.close()
+
+
+def test_name_defaults_to_the_file_name(
+    tmp_path: Path, memory_keyring: MemoryKeyring, clock: FrozenClock
+) -> None:
+    store = SecureStore(
+        path=tmp_path / "my-app.sstore", keyring_backend=memory_keyring
+    )
+    fill(store)
+    store.close()
+
+    assert store.name == "my-app"
+    assert memory_keyring.get_password(KEYRING_SERVICE, "my-app") is not None

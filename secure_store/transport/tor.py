@@ -129,8 +129,13 @@ class ProxyReport:
                     else "; no circuit yet"
                 )
             lines.append(f"bootstrap  {boot}")
-        else:
+        elif self.control_port is None:
             lines.append("bootstrap  unknown (no control port given)")
+        else:
+            lines.append(
+                "bootstrap  unknown (the control port did not tell; see "
+                "problems)"
+            )
         if self.target_url is not None:
             if self.target_error is not None:
                 answer = f"failed: {self.target_error}"
