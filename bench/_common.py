@@ -133,10 +133,12 @@ class MemoryKeyring(KeyringBackend):
     def _never_automatic(cls) -> float:
         raise RuntimeError("benchmark backend; only used when passed in")
 
-    priority = property(_never_automatic)  # type: ignore[assignment]
+    priority = property(_never_automatic)
 
-    def __init__(self, entries: dict[tuple[str, str], str] | None = None):
-        super().__init__()
+    def __init__(
+        self, entries: dict[tuple[str, str], str] | None = None
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
         self.entries: dict[tuple[str, str], str] = dict(entries or {})
         self._lock = threading.Lock()
 
@@ -255,24 +257,39 @@ def us(seconds: float) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """Print rows as a Markdown table (right-aligned columns)."""
+    """Print rows as a Markdown table: numbers right, words left."""
     body = [list(map(str, row)) for row in rows]
     widths = [
         max(len(headers[column]), *(len(row[column]) for row in body))
         for column in range(len(headers))
     ]
+    numeric = [
+        all(_looks_numeric(row[column]) for row in body)
+        for column in range(len(headers))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    print(line(headers))
     print(
-        "| "
-        + " | ".join(h.ljust(w) for h, w in zip(headers, widths))
-        + " |"
-    )
-    print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    for row in body:
-        print(
-            "| "
-            + " | ".join(cell.rjust(w) for cell, w in zip(row, widths))
-            + " |"
+        "|"
+        + "|".join(
+            "-" * (width + 1) + (":" if right else "-")
+            for width, right in zip(widths, numeric, strict=True)
         )
+        + "|"
+    )
+    for row in body:
+        print(line(row))
+
+
+def _looks_numeric(cell: str) -> bool:
+    return bool(cell) and (cell[0].isdigit() or cell[0] in "+-.")
 
 
 def verdict(met: bool) -> str:

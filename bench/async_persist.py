@@ -107,7 +107,7 @@ class CountingWrites:
                 self.count += 1
             original(file, plaintext, keyset)
 
-        sealed_file.SealedFile.write = write  # type: ignore[method-assign]
+        sealed_file.SealedFile.write = write  # type: ignore[method-assign, assignment]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -199,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows,
     )
     print()
-    print(f"{persists:,} back-to-back persist(asynchronous=True), then close():")
+    print(
+        f"{persists:,} back-to-back persist(asynchronous=True), then close():"
+    )
     _common.print_table(
         [
             "points",

@@ -11,6 +11,7 @@ Run: ``python -m bench.envelope [--quick]``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from secure_store.transport import envelope
@@ -24,7 +25,10 @@ KIB = 1024
 PAYLOAD_BYTES = (KIB, 64 * KIB, 1024 * KIB)
 QUICK_PAYLOAD_BYTES = (KIB, 64 * KIB)
 AEADS = (Aead.CHACHA20_POLY1305, Aead.AES_256_GCM)
-AEAD_LABELS = {Aead.CHACHA20_POLY1305: "chacha20", Aead.AES_256_GCM: "aes256gcm"}
+AEAD_LABELS = {
+    Aead.CHACHA20_POLY1305: "chacha20",
+    Aead.AES_256_GCM: "aes256gcm",
+}
 SUITES = (Suite.X25519, Suite.PQ_HYBRID)
 # Each figure is the fastest of ROUNDS rounds of TIME_PER_ROUND_S each,
 # the two suites taking turns.
@@ -58,13 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sealed = envelope.seal(config, report_id, payload, aead=aead)
                 opened = envelope.open_envelope(sealed, [key])
                 if opened.payload != payload:
-                    raise RuntimeError("an envelope did not open to its payload")
+                    raise RuntimeError(
+                        "an envelope did not open to its payload"
+                    )
                 lengths[suite] = len(sealed)
-                seals[suite.value] = lambda c=config, a=aead: envelope.seal(
-                    c, report_id, payload, aead=a
+                seals[suite.value] = functools.partial(
+                    envelope.seal, config, report_id, payload, aead=aead
                 )
-                opens[suite.value] = lambda s=sealed, k=key: (
-                    envelope.open_envelope(s, [k])
+                opens[suite.value] = functools.partial(
+                    envelope.open_envelope, sealed, [key]
                 )
             seal_by_name = _common.fastest_interleaved(
                 seals, rounds, per_round_s
@@ -77,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             label = f"{size // KIB}KiB/{AEAD_LABELS[aead]}"
             seal_ratio = seal_s[Suite.PQ_HYBRID] / seal_s[Suite.X25519]
             open_ratio = open_s[Suite.PQ_HYBRID] / open_s[Suite.X25519]
-            ratios += [(f"seal@{label}", seal_ratio), (f"open@{label}", open_ratio)]
+            ratios += [
+                (f"seal@{label}", seal_ratio),
+                (f"open@{label}", open_ratio),
+            ]
             rows.append(
                 [
                     f"{size // KIB} KiB",

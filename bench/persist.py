@@ -10,6 +10,7 @@ Run: ``python -m bench.persist [--quick]``
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections.abc import Callable, Sequence
@@ -126,7 +127,9 @@ def breakdown(pair: Pair, repeat: int) -> list[list[str]]:
     }
     times = _common.interleaved(steps, repeat)
     scratch.unlink(missing_ok=True)
-    return [[str(pair.count), name, ms(median(t))] for name, t in times.items()]
+    return [
+        [str(pair.count), name, ms(median(t))] for name, t in times.items()
+    ]
 
 
 def keyring_call_s(keyring: MemoryKeyring) -> float:
@@ -157,11 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 persists = _common.interleaved(
                     {
-                        "plain": lambda p=pair: p.plain.persist(
-                            False, _check_done
+                        "plain": functools.partial(
+                            pair.plain.persist, False, _check_done
                         ),
-                        "sealed": lambda p=pair: p.sealed.persist(
-                            False, _check_done
+                        "sealed": functools.partial(
+                            pair.sealed.persist, False, _check_done
                         ),
                     },
                     repeat,

@@ -163,12 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         direct = DirectPoster()
         stack.callback(direct.close)
         sender = Sender(
-            parse_proxy_url(proxy.url), max_attempts=1, allow_insecure_http=True
+            parse_proxy_url(proxy.url),
+            max_attempts=1,
+            allow_insecure_http=True,
         )
         stack.callback(sender.close)
         posts: dict[str, Callable[[], None]] = {
-            "direct (requests)": lambda: direct.post(cimp.url, body, TIMEOUT_S),
-            "Sender via pproxy": lambda: sender.post(cimp.url, body, TIMEOUT_S),
+            "direct (requests)": lambda: direct.post(
+                cimp.url, body, TIMEOUT_S
+            ),
+            "Sender via pproxy": lambda: sender.post(
+                cimp.url, body, TIMEOUT_S
+            ),
         }
         if fast_proxy_url is not None:
             fast_sender = Sender(
