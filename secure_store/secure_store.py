@@ -126,6 +126,18 @@ class _PendingReport:
         return cls(raw_id, payload)
 
 
+# An asynchronous persist waits until this long after the previous write
+# began, so a burst of persists becomes a few writes, not one per call.
+# Synchronous persists, sends, close() and exit write at once.
+MIN_WRITE_INTERVAL_S = 0.5
+# The writer thread waits this long for more work before it ends, so
+# persists a few seconds apart do not each start a thread.
+WRITER_IDLE_S = 5.0
+
+#: Makes the bytes of a snapshot; called on the thread that writes them.
+Snapshot = Callable[[], bytes]
+
+
 class _PersistWorker:
     """One background writer; a newer snapshot replaces a queued one.
 
@@ -143,13 +155,15 @@ class _PersistWorker:
         self._write = write
         self._on_result = on_result
         self._cond = threading.Condition()
-        self._queued: tuple[int, bytes] | None = None
+        self._queued: tuple[int, Snapshot] | None = None
         self._waiting: list[Done] = []
         self._written_seq = -1
         self._busy = False
+        self._stopped = False
+        self._last_write = -MIN_WRITE_INTERVAL_S
         self._thread: threading.Thread | None = None
 
-    def submit(self, seq: int, snapshot: bytes, done: Done) -> None:
+    def submit(self, seq: int, snapshot: Snapshot, done: Done) -> None:
         """Queue ``snapshot`` for the background writer."""
         with self._cond:
             self._queue(seq, snapshot)
@@ -161,7 +175,7 @@ class _PersistWorker:
                 self._thread.start()
             self._cond.notify_all()
 
-    def write_now(self, seq: int, snapshot: bytes, done: Done) -> None:
+    def write_now(self, seq: int, snapshot: Snapshot, done: Done) -> None:
         """Write ``snapshot`` (or a newer queued one) on this thread."""
         with self._cond:
             self._queue(seq, snapshot)
@@ -180,30 +194,54 @@ class _PersistWorker:
             waiting, self._waiting = self._waiting, []
         self._write_and_report(seq, snapshot, waiting)
 
-    def _queue(self, seq: int, snapshot: bytes) -> None:
+    def stop(self) -> None:
+        """Write what is queued now, then let the writer thread end."""
+        self.flush()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _queue(self, seq: int, snapshot: Snapshot) -> None:
         if self._queued is None or self._queued[0] < seq:
             self._queued = (seq, snapshot)
+
+    def _next(self) -> tuple[int, Snapshot, list[Done]] | None:
+        """Wait (condition held) for a due snapshot; None: end the thread."""
+        idle_until = time.monotonic() + WRITER_IDLE_S
+        while True:
+            now = time.monotonic()
+            due_at = self._last_write + MIN_WRITE_INTERVAL_S
+            if self._busy:
+                self._cond.wait()
+            elif self._queued is None:
+                if self._stopped or now >= idle_until:
+                    return None
+                self._cond.wait(idle_until - now)
+            elif now < due_at and not self._stopped:
+                self._cond.wait(due_at - now)
+            else:
+                self._busy = True
+                (seq, snapshot), self._queued = self._queued, None
+                waiting, self._waiting = self._waiting, []
+                return seq, snapshot, waiting
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._busy:
-                    self._cond.wait()
-                if self._queued is None:
+                due = self._next()
+                if due is None:
                     self._thread = None
                     return
-                self._busy = True
-                (seq, snapshot), self._queued = self._queued, None
-                waiting, self._waiting = self._waiting, []
-            self._write_and_report(seq, snapshot, waiting)
+            self._write_and_report(*due)
 
     def _write_and_report(
-        self, seq: int, snapshot: bytes, waiting: list[Done]
+        self, seq: int, snapshot: Snapshot, waiting: list[Done]
     ) -> None:
         error: Exception | None = None
         try:
             if seq > self._written_seq:
-                self._write(snapshot)
+                self._last_write = time.monotonic()
+                self._write(snapshot())
                 self._written_seq = seq
         except Exception as exc:
             error = exc
@@ -297,9 +335,9 @@ class SecureStore(Store):
         self._pending: _PendingReport | None = None
         self._state_lock = threading.RLock()
         self._snapshot_seq = 0
-        self._sender = Sender(
-            self.proxy, allow_insecure_http=allow_insecure_http
-        )
+        # Made on the first send: a store opens and persists far more
+        # often than it sends.
+        self._sender: Sender | None = None
         self._send_pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="secure-store-send"
         )
@@ -391,9 +429,10 @@ class SecureStore(Store):
         if self._closed:
             return
         self._closed = True
-        self._persister.flush()
+        self._persister.stop()
         self._send_pool.shutdown(wait=True)
-        self._sender.close()
+        if self._sender is not None:
+            self._sender.close()
         _open_stores.discard(self)
 
     def __enter__(self) -> SecureStore:
@@ -448,10 +487,14 @@ class SecureStore(Store):
         )
         self.debug(str(self.load_error))
 
-    def _snapshot(self) -> tuple[int, bytes]:
+    def _snapshot(self) -> tuple[int, Snapshot]:
+        # Only the copy is taken here, under the caller's lock; the JSON is
+        # written by whichever thread writes the file.
         with self._state_lock:
             self._snapshot_seq += 1
-            return self._snapshot_seq, self.to_json().encode("utf-8")
+            seq = self._snapshot_seq
+            write_json = self.capture()
+        return seq, lambda: write_json().encode("utf-8")
 
     def _write_sealed(self, snapshot: bytes) -> None:
         keyset = self._keyset
@@ -542,7 +585,7 @@ class SecureStore(Store):
         envelope.KeyConfig,
         str,
         _PendingReport,
-        tuple[int, bytes] | None,
+        tuple[int, Snapshot] | None,
         float,
     ]:
         if self._closed:
@@ -582,7 +625,7 @@ class SecureStore(Store):
         key_config: envelope.KeyConfig,
         url: str,
         report: _PendingReport,
-        snapshot: tuple[int, bytes] | None,
+        snapshot: tuple[int, Snapshot] | None,
         timeout_s: float,
         done: Done,
     ) -> None:
@@ -595,6 +638,10 @@ class SecureStore(Store):
             body = envelope.seal(
                 key_config, report.report_id, report.payload.encode("utf-8")
             )
+            if self._sender is None:
+                self._sender = Sender(
+                    self.proxy, allow_insecure_http=self._allow_insecure_http
+                )
             self._sender.post(url, body, timeout_s)
             log.debug("report of %d bytes delivered", len(body))
         except Exception as exc:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from json.encoder import encode_basestring as _encode
 from typing import Any
@@ -260,53 +261,107 @@ def _number_text(value: object) -> str | None:
     return None
 
 
-def visits_json_text(visits: Sequence[Visit]) -> str:
+# A point's fields as a plain tuple: reading them is all a capture does,
+# so a store can copy 100,000 points in a tenth of the time its JSON takes
+# and write the JSON later, on another thread.
+_VISIT_ROW = operator.attrgetter(
+    "campaign_id", "times", "first", "last", "scene_path"
+)
+_EVENT_ROW = operator.attrgetter(
+    "campaign_id",
+    "times",
+    "first",
+    "last",
+    "category",
+    "action",
+    "name",
+    "value",
+)
+
+
+def capture_visits(visits: Iterable[Visit]) -> list[tuple[Any, ...]]:
+    """Copy each visit's fields now, for :func:`visit_rows_json_text`.
+
+    The scene path list is shared, not copied: :class:`Visit` copies the
+    path it is given and nothing edits it in place.
+    """
+    return list(map(_VISIT_ROW, visits))
+
+
+def capture_events(events: Iterable[Event]) -> list[tuple[Any, ...]]:
+    """Copy each event's fields now, for :func:`event_rows_json_text`."""
+    return list(map(_EVENT_ROW, events))
+
+
+def visits_json_text(visits: Iterable[Visit]) -> str:
     """Return ``visits`` as the JSON array text of their store objects."""
+    return visit_rows_json_text(map(_VISIT_ROW, visits))
+
+
+def visit_rows_json_text(rows: Iterable[tuple[Any, ...]]) -> str:
+    """Return captured visit rows as the JSON array text of the visits."""
     fmt = _text_formatter()
     parts: list[str] = []
     append = parts.append
-    for v in visits:
-        path = v.scene_path
-        times = _number_text(v.times)
+    for campaign_id, times_value, first, last, path in rows:
+        times = _number_text(times_value)
         if (
             times is None
-            or type(v.campaign_id) is not str
+            or type(campaign_id) is not str
             or type(path) is not list
             or not all(type(p) is str for p in path)
         ):
-            append(_dumps(visits_to_json([v])[0]))
+            visit = Visit(path, campaign_id, times_value, first, last)
+            append(_dumps(visits_to_json([visit])[0]))
             continue
         append(
-            f'{{"campaignId":{_encode(v.campaign_id)},"times":{times},'
-            f'"first":{fmt(v.first)},"last":{fmt(v.last)},'
+            f'{{"campaignId":{_encode(campaign_id)},"times":{times},'
+            f'"first":{fmt(first)},"last":{fmt(last)},'
             f'"scenePath":[{",".join(map(_encode, path))}]}}'
         )
     return "[" + ",".join(parts) + "]"
 
 
-def events_json_text(events: Sequence[Event]) -> str:
+def events_json_text(events: Iterable[Event]) -> str:
     """Return ``events`` as the JSON array text of their store objects."""
+    return event_rows_json_text(map(_EVENT_ROW, events))
+
+
+def event_rows_json_text(rows: Iterable[tuple[Any, ...]]) -> str:
+    """Return captured event rows as the JSON array text of the events."""
     fmt = _text_formatter()
     parts: list[str] = []
     append = parts.append
-    for e in events:
-        times = _number_text(e.times)
-        value = None if e.value is None else _number_text(e.value)
-        name = e.name
+    for row in rows:
+        campaign_id, times_value, first, last, category, action, name, raw = (
+            row
+        )
+        times = _number_text(times_value)
+        value = None if raw is None else _number_text(raw)
         if (
             times is None
-            or (value is None and e.value is not None)
-            or type(e.campaign_id) is not str
-            or type(e.category) is not str
-            or type(e.action) is not str
+            or (value is None and raw is not None)
+            or type(campaign_id) is not str
+            or type(category) is not str
+            or type(action) is not str
             or (name is not None and type(name) is not str)
         ):
-            append(_dumps(events_to_json([e])[0]))
+            event = Event(
+                category,
+                action,
+                name,
+                raw,
+                campaign_id,
+                times_value,
+                first,
+                last,
+            )
+            append(_dumps(events_to_json([event])[0]))
             continue
         text = (
-            f'{{"campaignId":{_encode(e.campaign_id)},"times":{times},'
-            f'"first":{fmt(e.first)},"last":{fmt(e.last)},'
-            f'"category":{_encode(e.category)},"action":{_encode(e.action)}'
+            f'{{"campaignId":{_encode(campaign_id)},"times":{times},'
+            f'"first":{fmt(first)},"last":{fmt(last)},'
+            f'"category":{_encode(category)},"action":{_encode(action)}'
         )
         if name is not None:
             text += ',"name":' + _encode(name)
