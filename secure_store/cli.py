@@ -9,8 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SecureStoreError
+
+if TYPE_CHECKING:
+    from .storage.keys import KeyringKeysets
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +94,34 @@ def _store_file(value: str, *, must_exist: bool) -> Path:
     return path
 
 
-def _cmd_rotate_key(args: argparse.Namespace) -> int:
+def _store_args(
+    args: argparse.Namespace, *, must_exist: bool
+) -> tuple[Path, str, KeyringKeysets]:
+    """The store file, its name and the keyring, from the common flags."""
     from .secure_store import store_name_for
     from .storage.keys import KeyringKeysets
-    from .storage.rotation import rotate
 
-    path = _store_file(args.store, must_exist=True)
+    path = _store_file(args.store, must_exist=must_exist)
     name = args.name or store_name_for(path)
     keysets = KeyringKeysets(
         allow_insecure_keyring=args.allow_insecure_keyring
     )
+    return path, name, keysets
+
+
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    from .storage.rotation import rotate
+
+    path, name, keysets = _store_args(args, must_exist=True)
     result = rotate(path, name, keysets, retire_all=args.retire_all)
     print("\n".join(result.summary()))
     return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .secure_store import store_name_for
-    from .storage.keys import KeyringKeysets
     from .storage.rotation import describe
 
-    path = _store_file(args.store, must_exist=False)
-    name = args.name or store_name_for(path)
-    keysets = KeyringKeysets(
-        allow_insecure_keyring=args.allow_insecure_keyring
-    )
+    path, name, keysets = _store_args(args, must_exist=False)
     info = describe(path, name, keysets, show=args.show)
     print(json.dumps(info, indent=2, sort_keys=True, default=str))
     return EXIT_OK
