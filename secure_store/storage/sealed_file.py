@@ -9,11 +9,18 @@ import os
 import secrets
 import stat
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock instead
+    fcntl = None  # type: ignore[assignment]
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import (
     AESGCM,
@@ -69,6 +76,8 @@ _TEMP_FLAGS = (
     | getattr(os, "O_BINARY", 0)
 )
 QUARANTINE_MARK = ".quarantined-"
+# How often a waiting writer tries the lock again.
+LOCK_POLL_S = 0.01
 LOCK_SUFFIX = ".lock"
 
 
@@ -199,6 +208,70 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+class _FlockLock:
+    """An exclusive ``flock`` on a lock file, re-entrant in this process.
+
+    filelock opens, locks and closes the lock file on every acquisition
+    (~90 us here); a small store's persist took the lock twice. This keeps
+    the lock file open for the object's life and only flocks it: a few
+    microseconds. Threads of this process take turns through an RLock;
+    other processes are kept out by the flock. The file is never unlinked,
+    so a waiter can never lock a name that the holder has just removed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    def acquire(self, timeout: float) -> None:
+        """Take the lock, waiting at most ``timeout`` s (filelock.Timeout)."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if not self._threads.acquire(timeout=max(timeout, 0.0)):
+            raise filelock.Timeout(str(self.path))
+        if self._depth > 0:
+            self._depth += 1
+            return
+        try:
+            fd = self._open()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise filelock.Timeout(str(self.path)) from None
+                    time.sleep(LOCK_POLL_S)
+        except BaseException:
+            self._threads.release()
+            raise
+        self._depth = 1
+
+    def release(self) -> None:
+        """Give the lock back (the flock with the outermost release)."""
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+    def _open(self) -> int:
+        # A forked child shares the parent's open file, and so its flock:
+        # it must open its own.
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+            )
+            self._pid = os.getpid()
+        return self._fd
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+
 class SealedFile:
     """One store's sealed file and its write lock.
 
@@ -225,14 +298,18 @@ class SealedFile:
         self.aead_id = aead_id
         self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
         self._warned_folder = False
-        self._lock = filelock.FileLock(
-            self.lock_path,
-            timeout=lock_timeout_s,
-            mode=FILE_MODE,
-            # Keeping the lock file avoids a race where a waiter locks a
-            # path that the releasing holder has just unlinked.
-            preserve_lock_file=True,
-        )
+        self._lock: _FlockLock | filelock.FileLock
+        if fcntl is not None:
+            self._lock = _FlockLock(self.lock_path)
+        else:  # Windows
+            self._lock = filelock.FileLock(
+                self.lock_path,
+                timeout=lock_timeout_s,
+                mode=FILE_MODE,
+                # Keeping the lock file avoids a race where a waiter locks
+                # a path that the releasing holder has just unlinked.
+                preserve_lock_file=True,
+            )
 
     @property
     def folder(self) -> Path:
