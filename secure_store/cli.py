@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from .errors import SecureStoreError
+from .errors import InsecureKeyringError, SecureStoreError
 
 if TYPE_CHECKING:
     from .storage.keys import KeyringKeysets
@@ -65,6 +66,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"got {args.listen!r}"
         )
     keys = load_keys(key_files=args.key_file, key_dir=args.key_dir)
+    _warn_if_cleartext_upstream(args.upstream)
     app = create_app(
         keys,
         args.upstream,
@@ -109,10 +111,26 @@ def _store_args(
     return path, name, keysets
 
 
+def _warn_if_cleartext_upstream(url: str) -> None:
+    """Opened reports go upstream as they are: say so if in cleartext."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+    if parts.scheme == "http" and not loopback:
+        log.warning(
+            "the upstream %s is plain HTTP on another host: opened reports "
+            "will cross the network in cleartext; use https://",
+            url,
+        )
+
+
 def _cmd_rotate_key(args: argparse.Namespace) -> int:
     from .storage.rotation import rotate
+    from .storage.sealed_file import SealedFile
 
     path, name, keysets = _store_args(args, must_exist=True)
+    # Say what a file that is no store is before asking the keyring.
+    SealedFile(path, name).header()
     result = rotate(path, name, keysets, retire_all=args.retire_all)
     print("\n".join(result.summary()))
     return EXIT_OK
@@ -195,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite", choices=["pq-hybrid", "x25519"], default="pq-hybrid"
     )
     keygen.add_argument("--out", required=True, help="private key file")
-    keygen.add_argument("--key-id", type=int, default=None, help="0-255")
+    keygen.add_argument(
+        "--key-id",
+        type=int,
+        default=None,
+        help="0-4294967295 (default: random)",
+    )
     keygen.add_argument("--force", action="store_true")
     keygen.set_defaults(run=_cmd_keygen)
 
@@ -275,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status: int = args.run(args)
+    except InsecureKeyringError as exc:
+        print(
+            f"secure-store: error: {exc} (on the command line: "
+            "--allow-insecure-keyring)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except SecureStoreError as exc:
         print(f"secure-store: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

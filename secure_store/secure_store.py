@@ -385,6 +385,7 @@ class SecureStore(Store):
             self._retry_keyring()
         if self._keyset is None:
             error = self.load_error or StorageError("store is closed")
+            self.last_persist_error = error
             call_done(
                 done,
                 StorageError(f"store {self.name!r} not persisted: {error}"),

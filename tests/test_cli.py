@@ -166,3 +166,40 @@ def test_serve_refuses_useless_settings(
 
     assert exit_info.value.code == 2
     assert option[0] in capsys.readouterr().err
+
+
+def test_rotate_key_on_a_file_that_is_no_store_says_so(
+    tmp_path: Path,
+    os_keyring: MemoryKeyring,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "random.sstore"
+    path.write_bytes(b"\x00not a store at all, just some bytes\xff" * 4)
+
+    status = main(["rotate-key", "--store", str(path)])
+
+    assert status == 1
+    assert "not a secure-store sealed file" in capsys.readouterr().err
+    assert os_keyring.entries == {}
+
+
+def test_refused_keyring_names_the_command_line_flag(
+    tmp_path: Path,
+    memory_keyring: MemoryKeyring,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from keyring.backends import null
+
+    path = tmp_path / "a.sstore"
+    store = SecureStore(path=path, keyring_backend=memory_keyring)
+    store.persist(False, lambda error: None)
+    store.close()
+    previous = keyring.get_keyring()
+    keyring.set_keyring(null.Keyring())
+    try:
+        status = main(["rotate-key", "--store", str(path)])
+    finally:
+        keyring.set_keyring(previous)
+
+    assert status == 1
+    assert "--allow-insecure-keyring" in capsys.readouterr().err

@@ -623,8 +623,17 @@ class CleanInsights:
             self._index.add_event(self.store, event)
             self._debug(f"Added an event for campaign {campaign_id!r}.")
         elif not campaign.only_record_once:
+            before = event.times, event.value
             event.times += 1
             campaign.apply(event, value)
+            if event.value is not None and not is_number(event.value):
+                # A sum past float's range would put Infinity in the
+                # report, which no CIMP accepts: the report would be stuck.
+                event.times, event.value = before
+                self._debug(
+                    "Event discarded: its aggregated value would not be a "
+                    "finite number."
+                )
 
     # -- consents ------------------------------------------------------------
 

@@ -443,11 +443,7 @@ class KeyConfig:
                     f"cannot read key config file {path}: {exc}"
                 ) from exc
             if text.lstrip().startswith("{"):
-                raise KeyConfigError(
-                    f"{path} looks like a gateway private key (JSON), not a "
-                    "key config; pin what `secure-store gateway key-config "
-                    "--key-file` prints instead, and keep the key secret"
-                )
+                raise KeyConfigError(_json_file_hint(path, text))
             # Lines starting with "#" are comments, as keygen prints them.
             lines = text.splitlines()
             text = "\n".join(
@@ -890,3 +886,18 @@ def _names_a_file(value: str) -> bool:
         return Path(value).is_file()
     except OSError:
         return False
+
+
+def _json_file_hint(path: Path, text: str) -> str:
+    """Say what a JSON file given as a key config is, and what to pin."""
+    if '"key_configs"' in text:
+        return (
+            f"{path} is the gateway's list of published key configs "
+            "(/.well-known/secure-store-key-config); pin one of them: "
+            'the base64 text of its "config" field'
+        )
+    return (
+        f"{path} looks like a gateway private key (JSON), not a key "
+        "config; pin what `secure-store gateway key-config --key-file` "
+        "prints instead, and keep the key secret"
+    )

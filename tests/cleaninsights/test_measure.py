@@ -164,6 +164,17 @@ def test_aggregation_table(
 
 
 @pytest.mark.parametrize("rule", ["sum", "avg"])
+def test_value_that_would_overflow_the_aggregate_is_discarded(
+    make_ci: MakeCi, rule: str
+) -> None:
+    ci, store = make_ci(campaigns={"c": campaign(eventAggregationRule=rule)})
+    ci.grant_campaign("c")
+    ci.measure_event("media", "watch", "c", "clip", 1e308)
+    ci.measure_event("media", "watch", "c", "clip", 1e308)
+    assert [(e.times, e.value) for e in store.events] == [(1, 1e308)]
+
+
+@pytest.mark.parametrize("rule", ["sum", "avg"])
 def test_only_record_once_keeps_the_first(make_ci: MakeCi, rule: str) -> None:
     ci, store = make_ci(
         campaigns={

@@ -677,3 +677,14 @@ def test_private_key_file_as_key_config_says_what_it_is(
 def test_short_name_of_a_missing_file_is_not_read_as_base64() -> None:
     with pytest.raises(KeyConfigError, match="neither an existing file"):
         KeyConfig.load("nonexistent")
+
+
+def test_published_key_config_list_as_key_config_says_what_to_pin(
+    tmp_path: Path,
+) -> None:
+    config = GatewayKey.generate(Suite.X25519).key_config().to_base64()
+    path = tmp_path / "well-known.json"
+    path.write_text(json.dumps({"key_configs": [{"config": config}]}))
+
+    with pytest.raises(KeyConfigError, match="pin one of them"):
+        KeyConfig.load(path)
