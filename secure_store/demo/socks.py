@@ -17,6 +17,8 @@ from ..errors import SecureStoreError
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
+START_ATTEMPTS = 3
+POLL_S = 0.02
 STOP_TIMEOUT_S = 5.0
 # The proxy refuses every destination but loopback, so that nothing the
 # demo or a test sends through it can ever leave this machine.
@@ -71,27 +73,51 @@ class Pproxy:
         return f"socks5h://{auth}{LOOPBACK}:{self.port}"
 
     def start(self) -> Pproxy:
-        """Start pproxy and wait until it listens; return self."""
+        """Start pproxy and wait until it listens; return self.
+
+        The port was free when picked, but another socket may take it
+        before pproxy binds it; pproxy then exits, and a new port is tried.
+        """
+        for _ in range(START_ATTEMPTS):
+            if self._launch():
+                return self
+            self.port = free_port()
+        log = "\n".join(self.log_lines()[-5:])
+        self.stop()
+        raise SecureStoreError(
+            f"pproxy did not start listening on {LOOPBACK} after "
+            f"{START_ATTEMPTS} tries; is the 'pproxy' package installed? "
+            f"Its last words: {log or '(nothing)'}"
+        )
+
+    def _launch(self) -> bool:
         listen = f"socks5://{LOOPBACK}:{self.port}"
         if self.username:
             listen += f"#{self.username}:{self.password}"
         command = [sys.executable, "-m", "pproxy", "-l", listen, "-v"]
         command += ["--auth", "0", "-b", LOOPBACK_ONLY_RULE]
         with open(self._log_path, "wb") as log:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        if not wait_for_port(self.port, START_TIMEOUT_S):
-            self.stop()
-            raise SecureStoreError(
-                f"pproxy did not listen on {LOOPBACK}:{self.port} within "
-                f"{START_TIMEOUT_S:g} s; is the 'pproxy' package installed?"
-            )
-        return self
+        self._process = process
+        # pproxy says "Serving on ... 127.0.0.1:PORT" once it listens; a
+        # connection test could reach some other program on a taken port.
+        serving = f"{LOOPBACK}:{self.port} by socks5"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self._process = None
+                return False
+            if any(serving in line for line in self.log_lines()):
+                return True
+            time.sleep(POLL_S)
+        self.stop_process()
+        return False
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +133,11 @@ class Pproxy:
 
     def stop(self) -> None:
         """Stop the proxy process and remove its folder."""
+        self.stop_process()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def stop_process(self) -> None:
+        """Stop the proxy process, if it runs."""
         if self._process is not None:
             self._process.terminate()
             try:
@@ -115,7 +146,6 @@ class Pproxy:
                 self._process.kill()
                 self._process.wait()
             self._process = None
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Pproxy:
         return self.start()
