@@ -8,14 +8,11 @@ import os
 import platform
 import random
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import cryptography
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
 
 from secure_store.cleaninsights.datapoints import Event, Visit
 
@@ -119,41 +116,6 @@ def sample_points(count: int) -> tuple[list[Visit], list[Event]]:
 
 
 # -- a keyring that is not part of the figures -------------------------------
-
-
-class MemoryKeyring(KeyringBackend):
-    """Keeps keysets in a dict, so the keyring's cost stays out of a figure.
-
-    keyring collects every ``KeyringBackend`` subclass as a candidate; a
-    ``priority`` that raises keeps this one from ever being picked unless
-    it is passed in explicitly.
-    """
-
-    @classmethod
-    def _never_automatic(cls) -> float:
-        raise RuntimeError("benchmark backend; only used when passed in")
-
-    priority = property(_never_automatic)
-
-    def __init__(
-        self, entries: dict[tuple[str, str], str] | None = None
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.entries: dict[tuple[str, str], str] = dict(entries or {})
-        self._lock = threading.Lock()
-
-    def get_password(self, service: str, username: str) -> str | None:
-        with self._lock:
-            return self.entries.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        with self._lock:
-            self.entries[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        with self._lock:
-            if self.entries.pop((service, username), None) is None:
-                raise PasswordDeleteError("no such entry")
 
 
 # -- timing ------------------------------------------------------------------

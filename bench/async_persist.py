@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from secure_store.demo.keyring_backend import MemoryKeyring
 from secure_store.secure_store import SecureStore
 from secure_store.storage import sealed_file
 
 from . import _common
-from ._common import MemoryKeyring, median, ms
+from ._common import median, ms
 
 TARGET_CALLER_SHARE = 0.10
 TARGET_WRITES = 5

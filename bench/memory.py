@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from secure_store.cleaninsights.store import FileStore
+from secure_store.demo.keyring_backend import MemoryKeyring
 from secure_store.secure_store import SecureStore
 
 from . import _common
-from ._common import MemoryKeyring
 
 POINTS = 100_000
 QUICK_POINTS = 2_000

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from secure_store.cleaninsights.datapoints import Event, Visit
 from secure_store.cleaninsights.store import FileStore, write_atomically
+from secure_store.demo.keyring_backend import MemoryKeyring
 from secure_store.secure_store import SecureStore
 from secure_store.storage.keys import KeyringKeysets
 from secure_store.storage.sealed_file import SealedFile, seal
 
 from . import _common
-from ._common import MemoryKeyring, median, ms
+from ._common import median, ms
 
 TARGET_RATIO = 1.3
 # Fewer rounds for bigger stores: one round of 100,000 points takes about

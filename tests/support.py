@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from jaraco.classes import properties
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
+from secure_store.demo.keyring_backend import MemoryKeyring
 
-
-class MemoryKeyring(KeyringBackend):
-    """An in-memory keyring for unit tests (never chosen automatically)."""
-
-    @properties.classproperty
-    def priority(cls) -> float:
-        raise RuntimeError("test backend; only used when passed explicitly")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: dict[tuple[str, str], str] = {}
-        self.lock = threading.Lock()
-
-    def get_password(self, service: str, username: str) -> str | None:
-        with self.lock:
-            return self.entries.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        with self.lock:
-            self.entries[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        with self.lock:
-            if self.entries.pop((service, username), None) is None:
-                raise PasswordDeleteError("no such password")
+__all__ = ["MemoryKeyring", "wait_for"]
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:

@@ -154,8 +154,8 @@ EXPECTED_REPORT = {
 }
 
 
-def send_now(
-    ci: CleanInsights, store: SecureStore, clock: FrozenClock
+def send_and_wait(
+    ci: CleanInsights, store: SecureStore
 ) -> list[Exception | None]:
     """Send what finished periods hold; return what ``done`` was given."""
     results: list[Exception | None] = []
@@ -169,10 +169,17 @@ def send_now(
         real_send(data, server, timeout, spying_done)
 
     store.send = spying_send  # type: ignore[method-assign]
-    clock.set(PERIOD_END + timedelta(hours=1))
     ci.persist_and_send()
-    wait_for(lambda: results, SEND_TIMEOUT_S * 4)
+    wait_for(lambda: results, SEND_TIMEOUT_S * 5)
     return results
+
+
+def send_now(
+    ci: CleanInsights, store: SecureStore, clock: FrozenClock
+) -> list[Exception | None]:
+    """Move past the measured week, then send and wait."""
+    clock.set(PERIOD_END + timedelta(hours=1))
+    return send_and_wait(ci, store)
 
 
 def test_report_travels_through_proxy_and_gateway_to_the_cimp(

@@ -17,9 +17,10 @@ from test_end_to_end import (
     conf,
     measure_one_week,
     open_store,
+    send_and_wait,
 )
 
-from secure_store import CleanInsights, SecureStore
+from secure_store import CleanInsights
 from secure_store.cleaninsights.clock import FrozenClock
 from secure_store.demo.receiver import CimpReceiver
 from secure_store.demo.socks import Pproxy
@@ -55,23 +56,6 @@ def forgetful_gateway(
     lossy = LosesAnswers(app)
     with Gateway(lossy) as gw:
         yield gw, key, lossy
-
-
-def send_and_wait(
-    ci: CleanInsights, store: SecureStore
-) -> list[Exception | None]:
-    results: list[Exception | None] = []
-    real_send = store.send
-
-    def spying_send(data: str, server: str, timeout: float, done: Any) -> None:
-        real_send(
-            data, server, timeout, lambda e: (results.append(e), done(e))
-        )
-
-    store.send = spying_send  # type: ignore[method-assign]
-    ci.persist_and_send()
-    wait_for(lambda: results, 15.0)
-    return results
 
 
 def test_retry_after_lost_answer_and_restart_is_counted_once(

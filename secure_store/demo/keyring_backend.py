@@ -1,4 +1,5 @@
-"""A demo-only keyring backend that keeps secrets in a temporary folder."""
+"""Keyring backends for the demo, the tests and the benchmarks; never
+chosen automatically, and not for production."""
 
 from __future__ import annotations
 
@@ -66,3 +67,35 @@ class DemoPlaintextKeyring(KeyringBackend):
             if data.pop(self._key(service, username), None) is None:
                 raise PasswordDeleteError("no such password")
             self._write(data)
+
+
+class MemoryKeyring(KeyringBackend):
+    """Keeps passwords in a dict, for tests and benchmarks.
+
+    Like :class:`DemoPlaintextKeyring` it is never picked by keyring on its
+    own, only when passed in (or installed with ``keyring.set_keyring``).
+    """
+
+    @properties.classproperty
+    def priority(cls) -> float:
+        raise RuntimeError("in-memory backend; only used when passed in")
+
+    def __init__(
+        self, entries: dict[tuple[str, str], str] | None = None
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.entries: dict[tuple[str, str], str] = dict(entries or {})
+        self.lock = threading.Lock()
+
+    def get_password(self, service: str, username: str) -> str | None:
+        with self.lock:
+            return self.entries.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        with self.lock:
+            self.entries[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        with self.lock:
+            if self.entries.pop((service, username), None) is None:
+                raise PasswordDeleteError("no such password")

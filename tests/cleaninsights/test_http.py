@@ -14,6 +14,7 @@ from ci_helpers import utc
 from secure_store.cleaninsights import CleanInsights, FileStore
 from secure_store.cleaninsights.clock import FrozenClock
 from secure_store.cleaninsights.store import post_cimp
+from secure_store.demo.socks import free_port
 from secure_store.errors import SendError, ServerUnreachableError
 
 
@@ -62,15 +63,6 @@ class Cimp:
 def cimp_server() -> Iterator[Cimp]:
     with Cimp() as server:
         yield server
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_post_sends_json_with_the_cimp_content_type(cimp_server: Cimp) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from gateway_helpers import (
     seal_report,
 )
 
+from secure_store.demo.socks import free_port
 from secure_store.errors import ReplayCacheError
 from secure_store.gateway import (
     KEY_CONFIG_PATH,
@@ -52,12 +52,6 @@ def post(
         headers={"Content-Type": "application/octet-stream"},
         timeout=10,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- success --------------------------------------------------------------

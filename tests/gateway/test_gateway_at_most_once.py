@@ -19,6 +19,7 @@ from gateway_helpers import (
     serving,
 )
 
+from secure_store.demo.socks import free_port
 from secure_store.gateway import (
     GatewayApp,
     MemoryReplayCache,
@@ -57,12 +58,6 @@ def post(url: str, envelope: bytes, timeout_s: float = 10.0) -> int:
         return session.post(
             url + "/", data=envelope, timeout=timeout_s
         ).status_code
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_three_posts_of_one_report_to_a_slow_upstream_forward_it_once(

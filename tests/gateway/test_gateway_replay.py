@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import stat
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from secure_store.cleaninsights.clock import FrozenClock
+from secure_store.demo.socks import free_port
 from secure_store.errors import GatewayError, ReplayCacheError
 from secure_store.gateway import (
     ClaimStatus,
@@ -251,14 +251,8 @@ def test_open_replay_cache_with_memory_opens_an_in_process_cache() -> None:
     assert isinstance(open_replay_cache("memory:"), MemoryReplayCache)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_an_unreachable_redis_fails_when_opened_naming_where() -> None:
-    port = _free_port()
+    port = free_port()
 
     with pytest.raises(GatewayError) as raised:
         open_replay_cache(f"redis://127.0.0.1:{port}/0")
@@ -269,7 +263,7 @@ def test_an_unreachable_redis_fails_when_opened_naming_where() -> None:
 
 
 def test_the_redis_password_is_not_in_the_start_up_error() -> None:
-    port = _free_port()
+    port = free_port()
 
     with pytest.raises(GatewayError) as raised:
         open_replay_cache(f"redis://gw:hunter2@127.0.0.1:{port}/0")

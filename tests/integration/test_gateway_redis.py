@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import redis
 import requests
 
 from secure_store.cleaninsights.clock import FrozenClock
+from secure_store.demo.socks import free_port
 from secure_store.errors import GatewayError
 from secure_store.gateway import (
     ClaimStatus,
@@ -54,16 +54,10 @@ helpers = _load("gateway_helpers")
 gateway_process = _load("gateway_process")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free loopback port, without persistence."""
-    port = _free_port()
+    port = free_port()
     folder = tmp_path_factory.mktemp("redis")
     server = subprocess.Popen(
         [

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from secure_store.demo.socks import free_port
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -33,13 +35,6 @@ _PROXY_ENV = (
     "all_proxy",
     "no_proxy",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
